@@ -50,10 +50,10 @@ def run(args: argparse.Namespace) -> int:
                  frozen_shared=getattr(args, "freeze_shared", False))
     save_model(args.out, grown)
     report = param_report(model, grown)
-    depths = ", ".join(f"{path}: {len(set(src))} -> {len(src)}" for path, src in grown.source_map().items())
+    depths = ", ".join(f"{path} {len(set(src))} -> {len(src)}" for path, src in grown.source_map().items())
     print(f"grown {args.model} -> {args.out} ({args.order}, adapter {args.adapter}"
           f"{'' if args.adapter == 'none' else f' rank {args.rank}'})")
-    print(f"blocks: {depths}")
+    print(f"depth: {depths}")
     print(f"parameters: original {report['original']:,}, grown {report['grown']:,} "
           f"(shared tensors counted once), overhead {report['overhead_pct']:.2f} %")
     return 0

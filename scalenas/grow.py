@@ -155,8 +155,10 @@ class LowRankLinear(nn.Module):
         self.scale = scale
 
     @property
-    def weight(self) -> torch.Tensor:  # the shared weight, for code that inspects layers
-        return self.base.weight
+    def weight(self) -> torch.Tensor:
+        # The effective weight, for callers that read ``.weight`` instead of calling the module
+        # (nn.MultiheadAttention's out_proj, TransformerEncoderLayer's fast path): they must see the delta.
+        return self.base.weight + self.scale * (self.lr_a @ self.lr_b)
 
     @property
     def bias(self) -> torch.Tensor | None:
@@ -180,8 +182,8 @@ class LowRankConv1x1(nn.Module):
         self.scale = scale
 
     @property
-    def weight(self) -> torch.Tensor:
-        return self.base.weight
+    def weight(self) -> torch.Tensor:  # effective weight, see LowRankLinear.weight
+        return self.base.weight + self.scale * (self.lr_a @ self.lr_b)[:, :, None, None]
 
     @property
     def bias(self) -> torch.Tensor | None:

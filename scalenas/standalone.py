@@ -128,3 +128,6 @@ def init_weights(module: nn.Module) -> None:
         elif isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0, 0.01)
             nn.init.zeros_(m.bias)
+    for m in module.modules():  # residual blocks start as the identity (as in the supernet)
+        if isinstance(m, IRBlock) and m.residual:
+            nn.init.zeros_(m.project_bn.weight)

@@ -6,8 +6,10 @@ bilateral coupling (n = 2) or ``c(w_max)`` for ordered slicing (n = 1).
 
 Channel slicing (the coupling side). Every feature map of a subnet takes a slice of its capacity: the left slice
 ``[:c]`` or the right slice ``[C-c:]``. With n = 2 the side is fixed per *slot* and alternates along the
-network: the output of the layer at global position p uses side ``(p + side) % 2``, its expanded (hidden)
-width the other side, its SE width the same side as the output; the stem output uses ``(side + 1) % 2``. The
+network: the outputs of every layer of searchable stage i (the stage's residual stream) use side
+``(i + side) % 2``, each layer's expanded (hidden) width the other side, its SE width the same side as the output;
+the stem output uses ``(side + 1) % 2``. Keeping one side per stage stream means a stage reads its input with the
+same weights whatever the depth of the stage before it (alternating per layer made depth parity switch them). The
 weights of a conv are sliced ``W[out_slice, in_slice]``, BN parameters and running statistics by the slice of
 the feature they normalise. ``side`` (0 or 1) is the *coupling side* of a pass. With n = 1 every slice is left.
 
@@ -86,7 +88,7 @@ class SliceLayout:
         layers = []
         for l in derived.layers:
             i, j = l.stage, l.position
-            out_side = s(self.offsets[i] + j + side)
+            out_side = s(i + side)  # the residual stream of a stage keeps one side whatever the depth
             if l.expand != 1:
                 hid = _sl(self.hidden_caps[i][j], l.hidden, s(out_side + 1))
             else:
@@ -110,8 +112,9 @@ class DynamicBN(nn.Module):
 
     def forward(self, x: torch.Tensor, sl: slice, net: "SuperNet") -> torch.Tensor:
         # A basic slice of a 1-D buffer is a contiguous view, so the in-place update reaches the buffer.
+        momentum = BN_MOMENTUM if net.bn_momentum is None else net.bn_momentum
         return F.batch_norm(x, self.running_mean[sl], self.running_var[sl], net.use(self.weight, sl),
-                            net.use(self.bias, sl), self.training, BN_MOMENTUM, BN_EPS)
+                            net.use(self.bias, sl), self.training, momentum, BN_EPS)
 
     def reset_slice(self, sl: slice) -> None:
         self.running_mean[sl] = 0.0
@@ -193,6 +196,7 @@ class SuperNet(nn.Module):
                                   lay.hidden_caps[i][j], lay.se_caps[i][j], lay.out_caps[i])
                     for op in st.ops}))
             self.blocks.append(stage)
+        zero_init_residual_bns(self)
         self.head_w = _conv_param(space.head_channels, lay.out_caps[-1], 1)
         self.head_bn = DynamicBN(space.head_channels)
         self.classifier = nn.Linear(space.head_channels, space.num_classes)
@@ -202,6 +206,7 @@ class SuperNet(nn.Module):
         # When a list, every parameter slice a forward pass uses is recorded here (PathSGD updates only those).
         self.record: list[tuple[nn.Parameter, tuple[slice, ...]]] | None = None
         self._derived_cache: dict[Subnet, Derived] = {}
+        self.bn_momentum: float | None = None  # overridden by BN recalibration (cumulative average)
 
     # -------------------------------------------------------------- helpers
     def use(self, param: torch.Tensor, *slices: slice) -> torch.Tensor:
@@ -256,6 +261,21 @@ class SuperNet(nn.Module):
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"space": self.space.name, "space_path": self.space.path, "space_yaml": self.space.raw}
+
+
+def zero_init_residual_bns(net: "SuperNet") -> None:
+    """Zero the last BN scale of every block that can be residual (positions >= 1), as BigNAS does.
+
+    Each such block then starts as the identity, so the stage's stream means the same thing whichever ops and
+    depth a step samples; without it a random-path supernet on digits stayed near chance for hundreds of steps.
+    """
+    with torch.no_grad():
+        for stage in net.blocks:
+            for j, ops in enumerate(stage):
+                if j == 0:
+                    continue
+                for blk in ops.values():
+                    blk.project_bn.weight.zero_()
 
 
 # ------------------------------------------------------------------ export

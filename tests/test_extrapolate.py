@@ -1,0 +1,80 @@
+"""Extrapolation beyond the last scaling stage under the real rounding rules."""
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from scalenas.arch import parse_subnet, sample_base
+from scalenas.errors import ScalenasError
+from scalenas.extrapolate import extrapolate, step_direction
+from scalenas.flops import subnet_flops_params
+from scalenas.space import load_space
+
+
+def a_chain(space, rng):
+    return [(rng.choice(sc.depth), rng.choice(sc.width), rng.choice(sc.resolution)) for sc in space.scaling[1:]]
+
+
+@pytest.mark.parametrize("name", ["digits-tiny", "scalenet-mbv3"])
+def test_members_grow_by_growth_within_tolerance(name):
+    space = load_space(name)
+    rng = random.Random(5)
+    for _ in range(3):
+        base, chain = sample_base(space, rng), a_chain(space, rng)
+        members = extrapolate(space, base, chain, steps=3, tolerance=0.1)
+        d, w, r = chain[-1]
+        prev_flops = subnet_flops_params(space, parse_subnet(
+            {"space": name, "base": [list(x) for x in base], "depth": d, "width": w, "resolution": r}, space))[0]
+        for m in members:
+            sub = parse_subnet(json.loads(m["arch"]), space, allow_outside=True)
+            assert sub.base == base
+            flops, params = subnet_flops_params(space, sub)
+            assert (flops, params) == (m["flops"], m["params"])
+            assert m["within_tolerance"] and abs(flops / (space.growth * prev_flops) - 1) <= 0.1
+            assert m["flops_ratio"] == pytest.approx(flops / prev_flops)
+            assert sub.depth >= d and sub.width >= w and sub.resolution >= r  # monotone multipliers
+            assert sub.resolution % space.resolution_step == 0
+            assert space.stage_of(sub.depth, sub.width, sub.resolution) is None  # outside the supernet's lists
+            assert m["evaluated"] is False and m["kind"] == "extrapolated" and m["top1"] is None
+            d, w, r, prev_flops = sub.depth, sub.width, sub.resolution, flops
+        assert [m["stage"] for m in members] == [4, 5, 6] and [m["step"] for m in members] == [1, 2, 3]
+
+
+def test_json_round_trip():
+    space = load_space("digits-tiny")
+    rng = random.Random(1)
+    members = extrapolate(space, sample_base(space, rng), a_chain(space, rng), steps=2, growth=1.5)
+    again = json.loads(json.dumps(members))
+    assert again == members
+    for m in again:
+        sub = parse_subnet(json.loads(m["arch"]), space, allow_outside=True)
+        assert sub.to_json() == m["arch"] and sub.depth == m["depth_mult"] and sub.width == m["width_mult"]
+
+
+def test_direction_weights_the_last_steps_and_is_unit():
+    space = load_space("scalenet-mbv3")
+    chain = [(1.04, 1.04, 224), (1.2, 1.2, 272), (1.4, 1.4, 320)]
+    u = step_direction(space, chain)
+    assert np.linalg.norm(u) == pytest.approx(1.0) and (u >= 0).all()
+    first_only = step_direction(space, chain, weights=[1, 0, 0])
+    assert first_only[2] == pytest.approx(0.0)  # the first step did not grow resolution
+    # default weights 1, 2, 3 discount the first step (no resolution growth) more than equal weights do
+    assert step_direction(space, chain, weights=[1, 1, 1])[2] < u[2]
+    shrinking = [(1.2, 1.2, 272), (1.2, 1.2, 240)]
+    assert step_direction(space, shrinking)[2] == 0.0  # never shrinks a dimension
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"steps": 0}, "steps"), ({"growth": 1.0}, "growth"), ({"tolerance": 0}, "tolerance"),
+    ({"chain": []}, "at least one"), ({"chain": [(1.0, 1.0, 16)]}, "never grows"),
+    ({"weights": [1, 2]}, "weights"),
+])
+def test_bad_inputs(kwargs, needle):
+    space = load_space("digits-tiny")
+    args = {"space": space, "base": sample_base(space, random.Random(0)), "chain": a_chain(space, random.Random(0)),
+            "steps": 1, **kwargs}
+    with pytest.raises(ScalenasError, match=needle):
+        extrapolate(**args)

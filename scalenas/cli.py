@@ -11,7 +11,7 @@ from typing import Sequence
 from scalenas.errors import ScalenasError
 
 # Subcommands living in their own modules: each has add_parser(subparsers) and run(args) -> int.
-_MODULES = ["scalenas.cli_train", "scalenas.cli_search", "scalenas.cli_extrapolate", "scalenas.cli_grow",
+_MODULES = ["scalenas.cli_train", "scalenas.cli_standalone", "scalenas.cli_search", "scalenas.cli_extrapolate", "scalenas.cli_grow",
             "scalenas.cli_report"]
 
 

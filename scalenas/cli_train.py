@@ -48,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if args.resume and out is not None and not out.is_dir():
         raise ScalenasError(f"--resume: run directory {out} does not exist")
-    summary = train_supernet(cfg, out, resume=args.resume, progress=not args.no_progress)
+    # Resuming without --space/--job: the run's own space (from its checkpoint), not the default job's.
+    summary = train_supernet(cfg, out, resume=args.resume, progress=not args.no_progress,
+                             space_from_checkpoint=args.resume and args.space is None and args.job is None)
     if not summary["finished"]:
         return 130
     panel = summary.get("panel")

@@ -38,7 +38,9 @@ def masks_from_record(record: Iterable[tuple[nn.Parameter, tuple[slice, ...]]]) 
         m = masks.get(key)
         if m is None:
             m = torch.zeros(p.shape[:len(slices)], dtype=torch.bool, device=p.device)
-            masks[key] = m
+        elif m.ndim < len(slices):  # the same tensor sliced along more dims than before: widen the mask
+            m = m.reshape(m.shape + (1,) * (len(slices) - m.ndim)).expand(p.shape[:len(slices)]).clone()
+        masks[key] = m
         m[slices] = True
     return masks
 

@@ -197,6 +197,7 @@ class SuperNet(nn.Module):
                     for op in st.ops}))
             self.blocks.append(stage)
         zero_init_residual_bns(self)
+        align_op_inits(self)
         self.head_w = _conv_param(space.head_channels, lay.out_caps[-1], 1)
         self.head_bn = DynamicBN(space.head_channels)
         self.classifier = nn.Linear(space.head_channels, space.num_classes)
@@ -276,6 +277,36 @@ def zero_init_residual_bns(net: "SuperNet") -> None:
                     continue
                 for blk in ops.values():
                     blk.project_bn.weight.zero_()
+
+
+def align_op_inits(net: "SuperNet") -> None:
+    """Start the candidate ops of one position as the same function; they keep separate weights.
+
+    Every op of a position copies the initial 1x1 (expand, SE, project) weights of the first op, and its depthwise
+    kernel holds the first op's kernel at the centre with a zero ring. The first layer of a stage defines the
+    stage's stream; when its candidates start as unrelated functions, a random-op supernet on digits stayed near
+    chance for hundreds of steps (each op moved the stream into another basis). This is an initialisation only:
+    weights stay per op (METHOD.md §4) and diverge with training.
+    """
+    with torch.no_grad():
+        for stage in net.blocks:
+            for ops in stage:
+                blocks = sorted(ops.values(), key=lambda b: b.kernel)
+                ref = blocks[0]
+                for blk in blocks[1:]:
+                    for name in ("expand_w", "se_reduce_w", "se_reduce_b", "se_expand_w", "se_expand_b",
+                                 "project_w"):
+                        src, dst = getattr(ref, name, None), getattr(blk, name, None)
+                        if src is not None and dst is not None:
+                            dst.copy_(src)
+                    pad = (blk.kernel - ref.kernel) // 2
+                    blk.dw_w.zero_()
+                    blk.dw_w[:, :, pad:pad + ref.kernel, pad:pad + ref.kernel] = ref.dw_w
+                    for bn_name in ("expand_bn", "dw_bn", "project_bn"):
+                        src, dst = getattr(ref, bn_name), getattr(blk, bn_name)
+                        if src is not None:
+                            dst.weight.copy_(src.weight)
+                            dst.bias.copy_(src.bias)
 
 
 # ------------------------------------------------------------------ export

@@ -7,6 +7,7 @@ the gradients of the path are averaged with one all-reduce per step.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from scalenas.arch import Subnet, extreme_subnets, sample_base, sample_subnet
-from scalenas.checkpoint import CKPT_NAME, read_checkpoint, save_checkpoint
+from scalenas.checkpoint import CKPT_NAME, checkpoint_space, read_checkpoint, save_checkpoint
 from scalenas.config import TrainConfig, dump_config
 from scalenas.data import BatchIterator, DataSplits, load_data, resize_batch
 from scalenas.errors import ScalenasError
@@ -35,6 +36,9 @@ from scalenas.space import SearchSpace, load_space
 from scalenas.supernet import SuperNet
 
 RUNS_DIR = Path("results") / "runs"
+# Debug hook (tests of multi-process runs): when set, every process appends one JSON line per step to
+# "<value>.rank<R>.jsonl" with the step's stage, coupling side, subnets and the sum of all parameters after it.
+DEBUG_ENV = "SCALENAS_DEBUG_STEPS"
 
 
 # ------------------------------------------------------------------------------- environment
@@ -160,9 +164,14 @@ def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
 
 
 def train_supernet(cfg: TrainConfig, out_dir: Path | None = None, resume: bool = False,
-                   progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
-    """Train (or resume) a supernet run; returns a summary dict. ``stop_after`` simulates an interruption."""
-    space = load_space(cfg.space)
+                   progress: bool = True, stop_after: int | None = None, *,
+                   space_from_checkpoint: bool = False) -> dict[str, Any]:
+    """Train (or resume) a supernet run; returns a summary dict. ``stop_after`` simulates an interruption.
+
+    On resume the run's saved recipe wins over ``cfg``. ``cfg.space`` must name the checkpoint's space, unless
+    ``space_from_checkpoint`` (the CLI's ``--resume`` without ``--space``/``--job``) takes it from the checkpoint.
+    """
+    space = None if (resume and space_from_checkpoint) else load_space(cfg.space)
     device_pref = torch.device("cuda") if cfg.device == "cuda" else torch.device("cpu")
     dinfo = init_distributed(device_pref if cfg.device != "auto" else
                              (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")))
@@ -179,6 +188,8 @@ def train_supernet(cfg: TrainConfig, out_dir: Path | None = None, resume: bool =
         if not ckpt_path.is_file():
             raise ScalenasError(f"--resume: nothing to resume in {out_dir} (no {CKPT_NAME})")
         payload = read_checkpoint(ckpt_path)
+        if space is None:
+            space = checkpoint_space(payload, str(ckpt_path))
         if payload["space"] != space.name:
             raise ScalenasError(f"{ckpt_path}: checkpoint of space {payload['space']!r}, but the job trains "
                                 f"{space.name!r}")
@@ -208,8 +219,12 @@ def train_supernet(cfg: TrainConfig, out_dir: Path | None = None, resume: bool =
     step = 0
     log_rows: list[dict] = []
     if payload is not None:
-        model.load_state_dict(payload["model"])
-        opt.load_state_dict(payload["optimizer"])
+        try:
+            model.load_state_dict(payload["model"])
+            opt.load_state_dict(payload["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ScalenasError(f"{ckpt_path}: weights do not fit space {space.name!r}: {first}") from None
         sampler.load(payload["sampler"])
         batches.load_state_dict(payload["data"])
         torch.set_rng_state(payload["torch_rng"])
@@ -221,6 +236,7 @@ def train_supernet(cfg: TrainConfig, out_dir: Path | None = None, resume: bool =
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg.amp == "fp16" else None
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
     use_amp = device.type == "cuda" and amp_dtype is not None
+    debug_path = os.environ.get(DEBUG_ENV)
 
     if dinfo.main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -270,11 +286,13 @@ def train_supernet(cfg: TrainConfig, out_dir: Path | None = None, resume: bool =
                     teacher = F.softmax(out.detach().float(), 1)
                 (scaler.scale(loss) if scaler else loss).backward()
                 if k == len(subnets) - 1 or not cfg.sandwich:
-                    loss_sum += float(loss) * len(yb)
+                    loss_sum += float(loss.detach()) * len(yb)
                     correct += int((out.argmax(1) == yb).sum())
                     seen += len(yb)
+            # Every process stops after the same step: the stop flag travels with the gradients.
+            stop_now = _Stop.requested
             if dinfo.world > 1:
-                _allreduce_grads(model, dinfo.world)
+                stop_now = _allreduce_grads(model, dinfo.world, stop_now)
             opt.set_masks(masks_from_record(model.record))
             model.record = None
             if scaler:
@@ -283,6 +301,8 @@ def train_supernet(cfg: TrainConfig, out_dir: Path | None = None, resume: bool =
             else:
                 opt.step()
             step += 1
+            if debug_path:
+                _debug_step(debug_path, dinfo.rank, step, stage, side, subnets, model)
             imgs_since += len(yb) * dinfo.world
             if step % cfg.log_every == 0 or step == total:
                 now = time.perf_counter()
@@ -297,7 +317,7 @@ def train_supernet(cfg: TrainConfig, out_dir: Path | None = None, resume: bool =
             bar.update(1)
             if step % cfg.checkpoint_every == 0 and step < total:
                 checkpoint(False)
-            if _Stop.requested or (stop_after is not None and step >= stop_after):
+            if stop_now or (stop_after is not None and step >= stop_after):
                 interrupted = True
                 break
     finally:
@@ -328,12 +348,16 @@ def _space_with_classes(space: SearchSpace, classes: int) -> SearchSpace:
     return space_from_dict(raw, space.path)
 
 
-def _allreduce_grads(model: SuperNet, world: int) -> None:
-    """Average the path's gradients over processes: one flat all-reduce (every rank used the same path)."""
+def _allreduce_grads(model: SuperNet, world: int, stop: bool = False) -> bool:
+    """Average the path's gradients over processes: one flat all-reduce (every rank used the same path).
+
+    A stop request (signal) of any process rides along as one extra element; returns True on every process
+    when any process asked to stop, so all of them leave the loop after the same step.
+    """
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    ref = grads[0] if grads else next(model.parameters())
+    flag = torch.tensor([1.0 if stop else 0.0], dtype=ref.dtype, device=ref.device)
+    flat = torch.cat([g.reshape(-1) for g in grads] + [flag])
     dist.all_reduce(flat)
     flat /= world
     offset = 0
@@ -341,6 +365,17 @@ def _allreduce_grads(model: SuperNet, world: int) -> None:
         n = g.numel()
         g.copy_(flat[offset:offset + n].view_as(g))
         offset += n
+    return bool(flat[-1] > 0)
+
+
+def _debug_step(prefix: str, rank: int, step: int, stage: int, side: int, subnets: list[Subnet],
+                model: SuperNet) -> None:
+    with torch.no_grad():
+        total = float(sum(p.double().sum() for p in model.parameters()).item())
+    row = {"step": step, "stage": stage, "side": side, "subnets": [s.to_dict() for s in subnets],
+           "param_sum": total}
+    with open(f"{prefix}.rank{rank}.jsonl", "a") as fh:
+        fh.write(json.dumps(row) + "\n")
 
 
 def evaluate_panel(model: SuperNet, space: SearchSpace, data: DataSplits, cfg: TrainConfig,

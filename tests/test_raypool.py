@@ -89,7 +89,7 @@ def reference() -> list[float]:
         return scores(pool.map(ITEMS))
 
 
-def test_inprocess_imports_no_ray(tmp_path):
+def test_inprocess_imports_no_ray():
     # A fresh interpreter: workers=0 must work without importing Ray at all.
     code = (
         "import sys\n"

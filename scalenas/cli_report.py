@@ -51,6 +51,9 @@ def add_parser(sub) -> None:
     d.add_argument("--workers", type=int, default=None,
                    help="Ray evaluation workers of the search (default: scalenas search's; --quick: 0)")
     d.add_argument("--seed", type=int, default=0, help="seed of training and search (default 0)")
+    d.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads of the supernet training (default: torch's; 1 is faster on a "
+                   "2-core machine busy with other work)")
     d.set_defaults(func=run_demo)
 
 
@@ -316,7 +319,9 @@ def run_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
 
     print(f"[1/4] train-supernet: digits job, {steps} steps -> {out}", flush=True)
-    cfg = load_job("digits", {"steps": steps, "seed": args.seed,
+    if args.threads is not None and args.threads < 1:
+        raise ScalenasError(f"--threads must be >= 1, got {args.threads}")
+    cfg = load_job("digits", {"steps": steps, "seed": args.seed, "threads": args.threads,
                               "checkpoint_every": max(50, min(200, steps))})
     summary = train_supernet(cfg, out, progress=True)
     if not summary["finished"]:

@@ -222,7 +222,7 @@ def test_join_existing_cluster_without_owning_it(reference, monkeypatch):
         "include_dashboard": False})
     try:
         assert cluster.address.startswith("127.0.0.1:")
-        with EvaluatorPool(TorchEvaluator, workers=2, ray_address=cluster.address) as pool:
+        with EvaluatorPool(TorchEvaluator, workers=1, ray_address=cluster.address) as pool:
             assert scores(pool.map(ITEMS[:4])) == reference[:4]
             assert _non_loopback_listeners() == []
         assert ray.is_initialized()  # still connected: the pool did not own this Ray

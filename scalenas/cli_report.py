@@ -279,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------ demo
-DEMO_STEPS = 600
+DEMO_STEPS = 800  # the default digits job
 QUICK_STEPS = 40
 
 

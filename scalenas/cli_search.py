@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import time
 from pathlib import Path
 
@@ -123,38 +124,52 @@ def run(args: argparse.Namespace) -> int:
                             budget=args.budget)
     strategy = make_strategy(args.strategy, space, targets, options)
     out = resolve_out(run_dir, args.out, args.force, args.resume)
-    if args.force and not args.resume and out.exists():
-        for name in ("state.json", "pareto.csv", "family.csv", "chain.json", "best.json", "search_log.csv",
-                     "pareto.png"):
-            (out / name).unlink(missing_ok=True)
+    recorded_options = strategy.options.to_dict()
+    if args.resume:
+        # Checked before anything starts or is written; on resume the saved options win, so record those.
+        state_path = out / "state.json"
+        if not state_path.is_file():
+            raise ScalenasError(f"cannot resume: {state_path} does not exist")
+        try:
+            recorded_options = json.loads(state_path.read_text())["options"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ScalenasError(f"cannot resume: {state_path} is unreadable ({exc})") from None
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise ScalenasError("--device cuda: no CUDA device is available")
     workers = default_workers() if args.workers is None else args.workers
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "search_config.json", {
-        "supernet": str(ckpt), "space": space.name, "strategy": args.strategy,
-        "targets": targets, "options": strategy.options.to_dict() if hasattr(strategy, "options") else
-        options.to_dict(), "workers": workers, "threads_per_worker": args.threads_per_worker,
-        "ray_address": args.ray_address, "device": device, "calib_batches": args.calib_batches,
-        "fitness": "supernet holdout top-1 after BN recalibration, coupling side 0",
-        "flops_convention": "fvcore MACs (1 multiply-add = 1 FLOP), batch 1, eval mode"})
-    print(f"search {args.strategy} on {space.name}: targets "
-          + ", ".join(f"s{s} {format_flops(t)}" for s, t in enumerate(targets))
-          + f" (±{tol:.0%}); supernet {ckpt}; {workers} worker(s); reports in {out}")
     make = functools.partial(SupernetEvaluator, str(ckpt), calib_batches=args.calib_batches, device=device,
                              threads=args.threads_per_worker)
     t0 = time.perf_counter()
+    # The pool (and so the checkpoint's weights and the Ray address) is set up before anything is written or
+    # deleted: a bad checkpoint or an unreachable cluster leaves the output folder as it was.
     with EvaluatorPool(make, workers, threads_per_worker=args.threads_per_worker,
-                       ray_address=args.ray_address) as pool:
+                       ray_address=args.ray_address, gpus_per_worker=1.0 if device == "cuda" else 0.0) as pool:
+        if args.force and not args.resume and out.exists():
+            for name in ("state.json", "pareto.csv", "family.csv", "chain.json", "best.json", "search_log.csv",
+                         "pareto.png", "search_config.json"):
+                (out / name).unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "search_config.json", {
+            "supernet": str(ckpt), "space": space.name, "strategy": args.strategy,
+            "targets": targets, "options": recorded_options, "workers": workers,
+            "threads_per_worker": args.threads_per_worker,
+            "ray_address": args.ray_address, "device": device, "calib_batches": args.calib_batches,
+            "fitness": "supernet holdout top-1 after BN recalibration, coupling side 0",
+            "flops_convention": "fvcore MACs (1 multiply-add = 1 FLOP), batch 1, eval mode"})
+        print(f"search {args.strategy} on {space.name}: targets "
+              + ", ".join(f"s{s} {format_flops(t)}" for s, t in enumerate(targets))
+              + f" (±{tol:.0%}); supernet {ckpt}; {workers} worker(s); reports in {out}")
+
         def evaluate(subnets):
             return [r["top1"] for r in pool.map([s.to_json() for s in subnets])]
 
         result = run_search(space, strategy, evaluate, out, resume=args.resume, progress=not args.no_progress)
     elapsed = time.perf_counter() - t0
     _print_family(out)
+    fitness = result.get("fitness")  # None when no complete family was evaluated (or every evaluation failed)
     print(f"{result['evaluations']} subnet evaluations in {elapsed:.0f} s; best fitness "
-          f"{result.get('fitness', float('nan')):.4f}")
+          + ("none" if fitness is None else f"{fitness:.4f}"))
     print(f"reports: {out}/pareto.csv family.csv chain.json best.json search_log.csv pareto.png")
     return 0
 

@@ -16,6 +16,8 @@ def add_parser(sub) -> None:
                    "default: jobs/digits.yaml")
     p.add_argument("--space", default=None, help="search space name or YAML path")
     p.add_argument("--data", default=None, help="'digits', an ImageFolder dir, a CIFAR python dir or an .npz")
+    p.add_argument("--store-size", type=int, default=None,
+                   help="store images once at this size (ImageFolder default 32; others keep their own size)")
     p.add_argument("--epochs", type=int, default=None, help="epochs over the train split (overrides --steps)")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps")
     p.add_argument("--batch-size", type=int, default=None, help="batch size per process")
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from scalenas.train_supernet import train_supernet
 
     job = args.job if args.job is not None else "digits"
-    overrides = {k: getattr(args, k) for k in ("space", "data", "epochs", "steps", "batch_size", "lr", "sampling",
+    overrides = {k: getattr(args, k) for k in ("space", "data", "store_size", "epochs", "steps", "batch_size", "lr", "sampling",
                                                 "sandwich", "inplace_distill", "device", "seed", "threads",
                                                 "checkpoint_every")}
     cfg = load_job(job, overrides)

@@ -28,10 +28,10 @@ class TrainConfig:
     augment: bool = True                # random 1-2 px shifts (no flips: digits change meaning)
     # how long
     epochs: int | None = None           # passes over the train split (overrides steps when given)
-    steps: int | None = 1200            # optimiser steps
+    steps: int | None = 800             # optimiser steps
     batch_size: int = 128               # per process
     # the recipe: SGD + Nesterov, linear warm-up + cosine, label smoothing, no decay on BN and biases
-    lr: float = 0.1
+    lr: float = 0.2
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 4e-5

@@ -1,18 +1,23 @@
 """Cost of channel slicing, and of counting FLOPs with fvcore instead of analytically.
 
-    python jobs/bench/bench_slicing.py [--spaces digits-tiny scalenet-mbv3] [--subnets 10] [--reps 5]
-                                       [--warmup 2] [--threads 2] [--seed 0] [--out results/bench/slicing.csv]
+    python jobs/bench/bench_slicing.py [--spaces digits-tiny scalenet-mbv3] [--subnets 10] [--reps N]
+                                       [--warmup N] [--threads 2] [--seed 0] [--out results/bench/slicing.csv]
 
 1. Training step (forward + backward of a cross-entropy loss, no optimiser) of ``--subnets`` seeded random subnets
    (hierarchical sampling, so every scaling stage appears), each run through the super-supernet (train mode,
    ``sn(x, sub, side=0)``) and as the standalone model ``export_subnet`` builds from it. Batch 64 for digits-tiny,
    2 for scalenet-mbv3 (224-354 px), at the subnet's own resolution. The two are interleaved repetition by
-   repetition after a warm-up, and each keeps its median. ratio = supernet / standalone; target median <= 1.25.
+   repetition after a warm-up (default 2 warm-up + 5 timed for digits-tiny, 1 + 3 for scalenet-mbv3: one of its
+   steps takes seconds on a CPU), and each keeps its median. ratio = supernet / standalone; target median <= 1.25.
 2. FLOPs: ``flops_params(derive_subnet(space, sub))`` (uncached, the median of many calls) vs ``fvcore_flops``
    of the prebuilt standalone model (median of a few calls); identical results, target speedup >= 1000x.
 
 Writes one CSV (columns: space, metric, subnet, supernet_s, standalone_s, ratio, analytic_s, fvcore_s, speedup,
-identical) atomically, with a summary row ``subnet=median`` per space and metric, and prints a short table.
+identical, threads) atomically, with a summary row ``subnet=median`` per space and metric, and prints a short table.
+
+Threads: 2 by default (the build machine's cores). On a 2-core machine that other jobs also load, two OpenMP
+threads spin-wait on each other and a step gets 5-15x slower and very noisy; ``--threads 1`` then measures the
+slicing overhead far more reliably (the CSV records the thread count).
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ from scalenas.standalone import StandaloneNet  # noqa: E402
 from scalenas.supernet import SuperNet, export_subnet  # noqa: E402
 
 BATCH = {"digits-tiny": 64, "cifar-mbv3": 32, "scalenet-mbv3": 2}
+REPS = {"digits-tiny": (2, 5), "cifar-mbv3": (1, 3), "scalenet-mbv3": (1, 3)}  # (warm-up, timed)
 
 
 def train_step(fn, params, x, y) -> float:
@@ -120,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spaces", nargs="+", default=["digits-tiny", "scalenet-mbv3"])
     ap.add_argument("--subnets", type=int, default=10)
-    ap.add_argument("--reps", type=int, default=5, help="timed repetitions per subnet (median kept)")
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=None, help="timed repetitions per subnet (median kept)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed repetitions first")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(REPO / "results" / "bench" / "slicing.csv"))
@@ -137,12 +143,16 @@ def main(argv: list[str] | None = None) -> int:
         sn = SuperNet(space)
         print(f"{name}: supernet built in {time.perf_counter() - t:.1f} s "
               f"({sum(p.numel() for p in sn.parameters()) / 1e6:.1f} M parameters)", flush=True)
-        rows += bench_train(space, sn, subs, args.reps, args.warmup, BATCH.get(name, 16))
+        warmup, reps = REPS.get(name, (1, 3))
+        reps = args.reps if args.reps is not None else reps
+        warmup = args.warmup if args.warmup is not None else warmup
+        rows += bench_train(space, sn, subs, reps, warmup, BATCH.get(name, 16))
         del sn
         rows += bench_flops(space, subs)
     rows += summary(rows)
     frame = pd.DataFrame(rows, columns=["space", "metric", "subnet", "supernet_s", "standalone_s", "ratio",
                                         "analytic_s", "fvcore_s", "speedup", "identical"])
+    frame["threads"] = args.threads
     atomic_write_csv(args.out, frame)
     print(f"\nwrote {args.out}  (torch threads {args.threads})")
     med = frame[frame.subnet == "median"]

@@ -85,7 +85,7 @@ def parse_subnet(obj: Any, space: SearchSpace | None = None, *, allow_outside: b
         base.append(tuple(layers))
     values = {}
     for key, default, kind in (("depth", 1.0, (int, float)), ("width", 1.0, (int, float)),
-                               ("resolution", space.base_resolution, (int,))):
+                               ("resolution", space.base_resolution, (int, float))):
         v = obj.get(key, default)
         if isinstance(v, bool) or not isinstance(v, kind):
             raise ScalenasError(f"{source}: field '{key}' must be a number, got {v!r}")
@@ -98,8 +98,9 @@ def parse_subnet(obj: Any, space: SearchSpace | None = None, *, allow_outside: b
         if not allow_outside:
             raise ScalenasError(f"{source}: (depth {d}, width {w}, resolution {r}) is not in any scaling stage "
                                 f"of space {space.name!r}: {_describe_options(space)}")
-        if d < 1.0 or w < 1.0 or r < 1:
-            raise ScalenasError(f"{source}: depth and width must be >= 1.0 and resolution >= 1")
+        for key, v, low in (("depth", d, 1.0), ("width", w, 1.0), ("resolution", r, 1)):
+            if v < low:
+                raise ScalenasError(f"{source}: field '{key}' is {v}, must be >= {low}")
     else:
         sc = space.scaling[stage]
         d, w = snap_multiplier(d, sc.depth), snap_multiplier(w, sc.width)

@@ -8,14 +8,15 @@ subnets; it takes microseconds where fvcore takes ~100 ms (it traces the model).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
-from functools import lru_cache
 
 import torch
 from torch import nn
 
 from scalenas.arch import Derived, Subnet, derive_subnet
-from scalenas.space import SearchSpace, load_space
+from scalenas.space import SearchSpace
 
 FLOPS_CONVENTION = "fvcore MACs (1 multiply-add = 1 FLOP), batch 1, eval mode"
 
@@ -52,14 +53,28 @@ def flops_params(derived: Derived) -> tuple[int, int]:
     return flops, params
 
 
-@lru_cache(maxsize=200_000)
-def _cached(space_path: str, subnet: Subnet) -> tuple[int, int]:
-    return flops_params(derive_subnet(load_space(space_path), subnet))
+_CACHE: dict[tuple[str, Subnet], tuple[int, int]] = {}
+_CACHE_MAX = 200_000
+
+
+def _space_key(space: SearchSpace) -> str:
+    # Keyed by the space's content, not its path: spaces rebuilt from a checkpoint have no file to reload.
+    key = getattr(space, "_content_key", None)
+    if key is None:
+        key = hashlib.sha1(json.dumps(space.raw, sort_keys=True, default=str).encode()).hexdigest()
+        object.__setattr__(space, "_content_key", key)
+    return key
 
 
 def subnet_flops_params(space: SearchSpace, subnet: Subnet) -> tuple[int, int]:
-    """(FLOPs, params) of a subnet, cached by subnet."""
-    return _cached(space.path, subnet)
+    """(FLOPs, params) of a subnet, cached by (space content, subnet)."""
+    key = (_space_key(space), subnet)
+    hit = _CACHE.get(key)
+    if hit is None:
+        if len(_CACHE) >= _CACHE_MAX:
+            _CACHE.clear()
+        hit = _CACHE[key] = flops_params(derive_subnet(space, subnet))
+    return hit
 
 
 def count_params(model: nn.Module) -> int:

@@ -289,8 +289,6 @@ def test_bad_text_and_missing_space(tmp_path):
         read_arch(METHOD_EXAMPLE, load_space("cifar-mbv3"))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (reported): a float resolution is reported as 'must be a number'; the "
-                   "dedicated 'must be an integer' branch in parse_subnet is unreachable")
 def test_float_resolution_message():
     with pytest.raises(ScalenasError, match="'resolution' must be an integer"):
         parse_subnet(_with(resolution=224.0), load_space("scalenet-mbv3"))

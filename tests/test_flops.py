@@ -110,8 +110,6 @@ def test_supernet_parameters_cover_every_subnet(digits):
     assert count_params(export_subnet(sn, large)) == subnet_flops_params(digits, large)[1]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (reported): subnet_flops_params reloads the space from space.path, so a "
-                   "space rebuilt from a checkpoint's stored YAML (path 'ckpt.pt[space_yaml]') cannot be counted")
 def test_cached_count_works_for_a_space_not_on_disk():
     from scalenas.space import space_from_dict
 

@@ -30,7 +30,7 @@ from scalenas.data import BatchIterator, DataSplits, load_data, resize_batch
 from scalenas.errors import ScalenasError
 from scalenas.fitness import calibration_batches, one_hot_smooth, soft_cross_entropy, subnet_top1
 from scalenas.flops import subnet_flops_params
-from scalenas.io import atomic_write_csv, atomic_write_text, seed_everything
+from scalenas.io import atomic_write_csv, atomic_write_json, atomic_write_text, seed_everything
 from scalenas.optim import PathSGD, lr_at, masks_from_record, param_groups
 from scalenas.space import SearchSpace, load_space
 from scalenas.supernet import SuperNet
@@ -171,6 +171,7 @@ def train_supernet(cfg: TrainConfig, out_dir: Path | None = None, resume: bool =
     On resume the run's saved recipe wins over ``cfg``. ``cfg.space`` must name the checkpoint's space, unless
     ``space_from_checkpoint`` (the CLI's ``--resume`` without ``--space``/``--job``) takes it from the checkpoint.
     """
+    wall_start = time.perf_counter()
     space = None if (resume and space_from_checkpoint) else load_space(cfg.space)
     device_pref = torch.device("cuda") if cfg.device == "cuda" else torch.device("cpu")
     dinfo = init_distributed(device_pref if cfg.device != "auto" else
@@ -336,6 +337,12 @@ def train_supernet(cfg: TrainConfig, out_dir: Path | None = None, resume: bool =
         panel = evaluate_panel(model, space, data, cfg, device)
         atomic_write_csv(out_dir / "panel.csv", panel)
         summary["panel"] = panel
+        # Wall time and panel of this invocation (a resumed run records only its own part).
+        atomic_write_json(out_dir / "run_summary.json", {
+            "space": space.name, "steps": step, "total_steps": total, "resumed": resume,
+            "wall_s": round(time.perf_counter() - wall_start, 1), "threads": torch.get_num_threads(),
+            "panel_mean_holdout_top1": float(panel["holdout_top1"].mean()),
+            "panel_min_holdout_top1": float(panel["holdout_top1"].min())})
     return summary
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -10,6 +11,15 @@ import torch
 import yaml
 
 from scalenas.space import SPACES_DIR, SearchSpace, load_space
+
+# The whole suite runs torch on one thread, and so do the subprocesses, Ray workers and torchrun ranks it starts:
+# on a 2-core machine a test process plus its workers would otherwise oversubscribe the cores (OpenMP threads
+# spin-wait on each other and small convolutions get 10-100x slower).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+torch.set_num_threads(1)
+
 
 def randomize_bn(net: torch.nn.Module, seed: int = 0) -> None:
     """Random BN affine parameters and running statistics (so eval-mode BN is not the identity), and a

@@ -319,7 +319,7 @@ def train_supernet(cfg: TrainConfig, out_dir: Path | None = None, resume: bool =
             if step % cfg.checkpoint_every == 0 and step < total:
                 checkpoint(False)
             if stop_now or (stop_after is not None and step >= stop_after):
-                interrupted = True
+                interrupted = step < total  # a stop on the very last step is a finished run
                 break
     finally:
         bar.close()

@@ -185,14 +185,12 @@ def render(frame, fmt: str) -> str:
 # ------------------------------------------------------------------------------------------ plots
 def plot_family(frame, title: str) -> bytes:
     """PNG bytes: top-1 vs FLOPs (log-x) of the family; extrapolated members marked."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from scalenas.flops import FLOPS_CONVENTION
+    from scalenas.reports import finish_plot
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     fig.subplots_adjust(left=0.1, right=0.97, bottom=0.12, top=0.92)
@@ -223,13 +221,7 @@ def plot_family(frame, title: str) -> bytes:
             ax.set_xlim(lo / 1.4, hi * 1.4)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="lower right")
-        ax.set_xlabel(f"FLOPs ({FLOPS_CONVENTION})")
-        ax.set_ylabel("top-1")
-        ax.set_title(title)
-        ax.grid(True, alpha=0.3)
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100)
-        return buf.getvalue()
+        return finish_plot(fig, ax, title, "top-1")
     finally:
         plt.close(fig)
 
@@ -237,7 +229,8 @@ def plot_family(frame, title: str) -> bytes:
 def write_plots(folder: Path, frame) -> list[Path]:
     import pandas as pd
 
-    from scalenas.reports import _atomic_bytes, family_frame, plot_pareto
+    from scalenas.io import atomic_write_bytes
+    from scalenas.reports import family_frame, plot_pareto
 
     best = json.loads((folder / "best.json").read_text())
     name = f"{best.get('space', '?')}: {best.get('strategy', '?')} search"
@@ -245,8 +238,8 @@ def write_plots(folder: Path, frame) -> list[Path]:
     if (folder / "pareto.csv").is_file():
         pareto = pd.read_csv(folder / "pareto.csv")
         fam = family_frame(best)
-        paths.append(_atomic_bytes(folder / "pareto.png", plot_pareto(pareto, fam, name)))
-    paths.append(_atomic_bytes(folder / "family.png", plot_family(frame, f"{name}: family")))
+        paths.append(atomic_write_bytes(folder / "pareto.png", plot_pareto(pareto, fam, name)))
+    paths.append(atomic_write_bytes(folder / "family.png", plot_family(frame, f"{name}: family")))
     return paths
 
 

@@ -5,7 +5,7 @@ Precedence: defaults < job file < command-line flags. The resolved config is wri
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 

@@ -114,12 +114,5 @@ class SupernetEvaluator:
                 "pid": os.getpid()}
 
 
-def one_hot_smooth(target: torch.Tensor, classes: int, smoothing: float) -> torch.Tensor:
-    off = smoothing / classes
-    out = torch.full((target.shape[0], classes), off, device=target.device)
-    out.scatter_(1, target[:, None], 1.0 - smoothing + off)
-    return out
-
-
 def soft_cross_entropy(logits: torch.Tensor, soft_targets: torch.Tensor) -> torch.Tensor:
     return -(soft_targets * F.log_softmax(logits, 1)).sum(1).mean()

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from scalenas.flops import FLOPS_CONVENTION
-from scalenas.io import atomic_write_csv, atomic_write_json
+from scalenas.io import atomic_write_bytes, atomic_write_csv, atomic_write_json
 
 if TYPE_CHECKING:  # reports read a strategy; they never drive one
     from scalenas.evolution import Strategy
@@ -101,15 +101,20 @@ def plot_pareto(frame: pd.DataFrame, family: pd.DataFrame, title: str) -> bytes:
         if not data.empty:
             ax.set_xscale("log")
             ax.legend(fontsize=8)
-        ax.set_xlabel(f"FLOPs ({FLOPS_CONVENTION})")
-        ax.set_ylabel("supernet top-1")
-        ax.set_title(title)
-        ax.grid(True, alpha=0.3)
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100)
-        return buf.getvalue()
+        return finish_plot(fig, ax, title, "supernet top-1")
     finally:
         plt.close(fig)
+
+
+def finish_plot(fig, ax, title: str, ylabel: str) -> bytes:
+    """Label a FLOPs-vs-accuracy axis the same way in every plot and return the figure as PNG bytes."""
+    ax.set_xlabel(f"FLOPs ({FLOPS_CONVENTION})")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
 
 
 def write_reports(out_dir: str | Path, strategy: "Strategy") -> dict[str, Path]:
@@ -137,12 +142,5 @@ def write_reports(out_dir: str | Path, strategy: "Strategy") -> dict[str, Path]:
         "search_log": atomic_write_csv(out / "search_log.csv", pd.DataFrame(strategy.history, columns=LOG_COLUMNS)),
     }
     png = plot_pareto(pareto, family, f"{strategy.space.name}: {strategy.name} search")
-    paths["plot"] = _atomic_bytes(out / "pareto.png", png)
+    paths["plot"] = atomic_write_bytes(out / "pareto.png", png)
     return paths
-
-
-def _atomic_bytes(path: Path, data: bytes) -> Path:
-    # scalenas.io has text/json/csv/torch writers; a PNG needs bytes, written the same atomic way.
-    from scalenas.io import _atomic
-
-    return _atomic(path, lambda fh: fh.write(data), "wb")

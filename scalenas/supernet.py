@@ -84,7 +84,7 @@ class SliceLayout:
 
         stem_side = s(side + 1)
         stem = _sl(self.stem_cap, derived.stem_ch, stem_side)
-        cur, cur_side = stem, stem_side
+        cur = stem
         layers = []
         for l in derived.layers:
             i, j = l.stage, l.position
@@ -96,7 +96,7 @@ class SliceLayout:
             se = _sl(self.se_caps[i][j], l.se_ch, out_side)
             out = _sl(self.out_caps[i], l.out_ch, out_side)
             layers.append(LayerSlices(cur, hid, se, out))
-            cur, cur_side = out, out_side
+            cur = out
         return SlicePlan(stem, tuple(layers), cur)
 
 

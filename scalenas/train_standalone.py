@@ -47,6 +47,7 @@ from scalenas.io import atomic_torch_save, atomic_write_csv, atomic_write_json, 
 from scalenas.modelio import load_model, model_kinds, save_model
 from scalenas.optim import lr_at, param_groups
 from scalenas.space import SearchSpace, load_space
+from scalenas.train_supernet import new_run_dir
 
 TRAIN_CKPT_NAME = "train_checkpoint.pt"
 TRAIN_CKPT_FORMAT = "scalenas-train/1"
@@ -219,25 +220,11 @@ def model_flops_params(spec: ModelSpec) -> tuple[int | None, int]:
 
 
 # ------------------------------------------------------------------------------------------ run folders
-def new_train_dir(name: str) -> Path:
-    from scalenas.train_supernet import RUNS_DIR
-
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = RUNS_DIR / f"{stamp}-train-{name}"
-    path, k = base, 1
-    while path.exists():
-        path = Path(f"{base}-{k}")
-        k += 1
-    return path
-
-
 def latest_train_run() -> Path:
-    from scalenas.train_supernet import RUNS_DIR
+    from scalenas.train_supernet import RUNS_DIR, latest_run
 
-    runs = sorted((p for p in RUNS_DIR.glob("*") if (p / TRAIN_CKPT_NAME).is_file()), key=lambda p: p.stat().st_mtime)
-    if not runs:
-        raise ScalenasError(f"--resume: no standalone training run under {RUNS_DIR}/ (none holds {TRAIN_CKPT_NAME})")
-    return runs[-1]
+    return latest_run(TRAIN_CKPT_NAME, f"--resume: no standalone training run under {RUNS_DIR}/ "
+                                       f"(none holds {TRAIN_CKPT_NAME})")
 
 
 def read_train_checkpoint(path: Path) -> dict[str, Any]:
@@ -289,7 +276,7 @@ def train_standalone(cfg: TrainConfig, arch: str | None = None, init: str | None
         spec = _rebuild(payload)
     else:
         spec = build_model(arch, init, cfg.seed, cfg.dropout, freeze_shared)
-        out_dir = Path(out_dir) if out_dir is not None else new_train_dir(spec.name)
+        out_dir = Path(out_dir) if out_dir is not None else new_run_dir(f"train-{spec.name}")
         if (out_dir / TRAIN_CKPT_NAME).exists():
             raise ScalenasError(f"{out_dir} already holds a training run; use --resume or another --out")
     data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed

@@ -28,7 +28,7 @@ from scalenas.checkpoint import CKPT_NAME, checkpoint_space, read_checkpoint, sa
 from scalenas.config import TrainConfig, dump_config
 from scalenas.data import BatchIterator, DataSplits, load_data, resize_batch
 from scalenas.errors import ScalenasError
-from scalenas.fitness import calibration_batches, one_hot_smooth, soft_cross_entropy, subnet_top1
+from scalenas.fitness import calibration_batches, soft_cross_entropy, subnet_top1
 from scalenas.flops import subnet_flops_params
 from scalenas.io import atomic_write_csv, atomic_write_json, atomic_write_text, seed_everything
 from scalenas.optim import PathSGD, lr_at, masks_from_record, param_groups
@@ -72,9 +72,10 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def new_run_dir(space: str) -> Path:
+def new_run_dir(label: str) -> Path:
+    """A new, not yet existing folder ``results/runs/<time>-<label>`` (suffixed -1, -2, ... on a clash)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = RUNS_DIR / f"{stamp}-{Path(space).stem}"
+    base = RUNS_DIR / f"{stamp}-{label}"
     path, k = base, 1
     while path.exists():
         path = Path(f"{base}-{k}")
@@ -82,10 +83,12 @@ def new_run_dir(space: str) -> Path:
     return path
 
 
-def latest_run(kind_file: str = CKPT_NAME) -> Path:
+def latest_run(kind_file: str = CKPT_NAME, missing: str | None = None) -> Path:
+    """The most recently modified run folder holding ``kind_file``; ``missing`` is the error when there is none."""
     runs = sorted((p for p in RUNS_DIR.glob("*") if (p / kind_file).is_file()), key=lambda p: p.stat().st_mtime)
     if not runs:
-        raise ScalenasError(f"no run found under {RUNS_DIR}/ holding {kind_file} (train one with scalenas train-supernet)")
+        raise ScalenasError(missing or f"no run found under {RUNS_DIR}/ holding {kind_file} "
+                            "(train one with scalenas train-supernet)")
     return runs[-1]
 
 
@@ -198,7 +201,7 @@ def train_supernet(cfg: TrainConfig, out_dir: Path | None = None, resume: bool =
         # The run's own recipe wins on resume, so the weights match an uninterrupted run.
         cfg = TrainConfig(**{**cfg.to_dict(), **{k: v for k, v in saved.items() if k in cfg.to_dict()}})
     else:
-        out_dir = Path(out_dir) if out_dir is not None else new_run_dir(cfg.space)
+        out_dir = Path(out_dir) if out_dir is not None else new_run_dir(Path(cfg.space).stem)
         if (out_dir / CKPT_NAME).exists():
             raise ScalenasError(f"{out_dir} already holds a checkpoint; use --resume or another --out")
     data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed

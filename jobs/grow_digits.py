@@ -13,7 +13,7 @@ For the default ViT (6 blocks -> 12) and one digits-tiny CNN (9 blocks, 6 of the
 
 Recipes (pinned here, so edits of jobs/digits.yaml do not change the evidence):
 
-* CNN: ``scalenas train``'s own trainer (:func:`scalenas.train_standalone.train_standalone`): SGD + Nesterov
+* CNN: ``scalenas train``'s own trainer (:func:`scalenas.train.standalone.train_standalone`): SGD + Nesterov
   (momentum 0.9), weight decay 4e-5 off BN/biases, linear warm-up (10 % of the run) + cosine, label smoothing 0.1,
   random shifts; lr 0.2, batch 128.
 * ViT: the same data, batches, shifts, warm-up + cosine schedule and label smoothing, but **AdamW** (lr 3e-3,
@@ -96,8 +96,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ------------------------------------------------------------------------------------------ architectures
 def check_cnn_layout() -> None:
     """The grown CNN and the unshared depth-1.5 CNN must have the same blocks, position by position."""
-    from scalenas.grow import grow
-    from scalenas.standalone import StandaloneNet
+    from scalenas.models.grow import grow
+    from scalenas.models.standalone import StandaloneNet
 
     grown = grow(StandaloneNet.from_subnet("digits-tiny", CNN_ORIG), "2x", adapter="none")
     deep = StandaloneNet.from_subnet("digits-tiny", CNN_DEEP)
@@ -117,13 +117,13 @@ def train_vit_adamw(task: dict, init_file: str | None) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from scalenas.data import BatchIterator, load_data, resize_batch
-    from scalenas.fitness import accuracy
-    from scalenas.flops import count_params
+    from scalenas.data.datasets import BatchIterator, load_data, resize_batch
+    from scalenas.train.evaluate import accuracy
+    from scalenas.spaces.flops import count_params
     from scalenas.io import atomic_write_csv, atomic_write_json, seed_everything
-    from scalenas.modelio import load_model, save_model
-    from scalenas.optim import lr_at
-    from scalenas.vit import ViT
+    from scalenas.models.registry import load_model, save_model
+    from scalenas.train.optim import lr_at
+    from scalenas.models.vit import ViT
 
     r = task["recipe"]
     out = Path(task["out_dir"])
@@ -181,9 +181,9 @@ def train_one(task: dict) -> dict:
     """Train (or reuse) one model in a worker process; grows (a)'s final.pt first for (b)."""
     import torch
 
-    from scalenas.cli import main as cli_main
-    from scalenas.config import load_job
-    from scalenas.train_standalone import RESULT_NAME, TRAIN_CKPT_NAME, train_standalone
+    from scalenas.cli.main import main as cli_main
+    from scalenas.train.config import load_job
+    from scalenas.train.standalone import RESULT_NAME, TRAIN_CKPT_NAME, train_standalone
 
     torch.set_num_threads(1)
     out = Path(task["out_dir"])
@@ -393,10 +393,10 @@ def main(argv=None) -> int:
     import pandas as pd
     import torch
 
-    from scalenas.grow import DEFAULT_RANK, count_unique_params, grow, param_report
+    from scalenas.models.grow import DEFAULT_RANK, count_unique_params, grow, param_report
     from scalenas.io import atomic_write_csv
-    from scalenas.modelio import load_model
-    from scalenas.vit import ViT
+    from scalenas.models.registry import load_model
+    from scalenas.models.vit import ViT
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -443,7 +443,7 @@ def main(argv=None) -> int:
     rep = param_report(vit, grow(vit, "2x"))
     rep.update(rank=DEFAULT_RANK, deep=count_unique_params(ViT(depth=12)))
     any_result = next(iter(results.values()))
-    from scalenas.data import load_data
+    from scalenas.data.datasets import load_data
 
     data = load_data("digits", seed=0)
     timing_file = Path(args.cache) / "last_run.json"

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from scalenas.space import SPACES_DIR, SearchSpace, load_space
+from scalenas.spaces.space import SPACES_DIR, SearchSpace, load_space
 
 # The whole suite runs torch on one thread, and so do the subprocesses, Ray workers and torchrun ranks it starts:
 # on a 2-core machine a test process plus its workers would otherwise oversubscribe the cores (OpenMP threads
@@ -60,7 +60,7 @@ def digits() -> SearchSpace:
 @pytest.fixture(scope="session")
 def tiny_supernet(digits):
     """One digits-tiny supernet (1 M parameters) with random BN; tests must not modify it."""
-    from scalenas.supernet import SuperNet
+    from scalenas.models.supernet import SuperNet
 
     torch.manual_seed(0)
     net = SuperNet(digits)

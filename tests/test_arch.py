@@ -11,10 +11,10 @@ from fractions import Fraction
 import pytest
 from scipy.stats import chisquare
 
-from scalenas.arch import (Subnet, derive_subnet, extreme_subnets, parse_subnet, read_arch, sample_subnet,
+from scalenas.spaces.arch import (Subnet, derive_subnet, extreme_subnets, parse_subnet, read_arch, sample_subnet,
                            unique_by_built)
 from scalenas.errors import ScalenasError
-from scalenas.space import load_space
+from scalenas.spaces.space import load_space
 
 pytestmark = pytest.mark.usefixtures("torch_threads")
 

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from scalenas.arch import extreme_subnets, parse_subnet, sample_subnet
-from scalenas.checkpoint import save_checkpoint
-from scalenas.cli import main
-from scalenas.flops import subnet_flops_params
-from scalenas.modelio import load_model, load_model_file
-from scalenas.space import load_space
-from scalenas.standalone import StandaloneNet
-from scalenas.supernet import export_subnet
+from scalenas.spaces.arch import extreme_subnets, parse_subnet, sample_subnet
+from scalenas.train.checkpoint import save_checkpoint
+from scalenas.cli.main import main
+from scalenas.spaces.flops import subnet_flops_params
+from scalenas.models.registry import load_model, load_model_file
+from scalenas.spaces.space import load_space
+from scalenas.models.standalone import StandaloneNet
+from scalenas.models.supernet import export_subnet
 
 pytestmark = pytest.mark.usefixtures("torch_threads")
 

@@ -1,4 +1,4 @@
-"""Tests for scalenas.data on real digits and on small files written here in the real on-disk formats."""
+"""Tests for scalenas.data.datasets on real digits and on small files written here in the real on-disk formats."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from scalenas.data import BatchIterator, DataSplits, Split, iterate_eval, load_data, resize_batch
+from scalenas.data.datasets import BatchIterator, DataSplits, Split, iterate_eval, load_data, resize_batch
 from scalenas.errors import ScalenasError
 
 

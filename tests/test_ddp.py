@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from scalenas.checkpoint import read_checkpoint
-from scalenas.cli import main
-from scalenas.train_supernet import DEBUG_ENV
+from scalenas.train.checkpoint import read_checkpoint
+from scalenas.cli.main import main
+from scalenas.train.supernet import DEBUG_ENV
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")
@@ -66,7 +66,7 @@ def test_torchrun_two_processes_gloo(tmp_path, capsys):
 
 WORKER = """
 import torch, torch.distributed as dist
-from scalenas.train_supernet import _allreduce_grads
+from scalenas.train.supernet import _allreduce_grads
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 m = torch.nn.Linear(3, 2)

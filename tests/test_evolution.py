@@ -13,13 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scalenas.arch import Subnet, derive_subnet
+from scalenas.spaces.arch import Subnet, derive_subnet
 from scalenas.errors import ScalenasError
-from scalenas.evolution import STRATEGIES, Candidate, SearchOptions, make_strategy, run_search
-from scalenas.flops import subnet_flops_params
-from scalenas.reports import pareto_mask
-from scalenas.space import load_space
-from scalenas.targets import stage_targets
+from scalenas.search.strategy import STRATEGIES, Candidate, SearchOptions, make_strategy, run_search
+from scalenas.spaces.flops import subnet_flops_params
+from scalenas.report.search_report import pareto_mask
+from scalenas.spaces.space import load_space
+from scalenas.spaces.targets import stage_targets
 
 SPACE = load_space("digits-tiny")
 TARGETS = stage_targets(SPACE, "4.5M")

@@ -7,11 +7,11 @@ import random
 import numpy as np
 import pytest
 
-from scalenas.arch import parse_subnet, sample_base
+from scalenas.spaces.arch import parse_subnet, sample_base
 from scalenas.errors import ScalenasError
-from scalenas.extrapolate import extrapolate, step_direction
-from scalenas.flops import subnet_flops_params
-from scalenas.space import load_space
+from scalenas.search.extrapolate import extrapolate, step_direction
+from scalenas.spaces.flops import subnet_flops_params
+from scalenas.spaces.space import load_space
 
 
 def a_chain(space, rng):

@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scalenas.arch import Subnet, read_arch
-from scalenas.cli import main
-from scalenas.evolution import make_strategy, run_search
-from scalenas.flops import subnet_flops_params
-from scalenas.space import load_space
-from scalenas.targets import stage_targets
+from scalenas.spaces.arch import Subnet, read_arch
+from scalenas.cli.main import main
+from scalenas.search.strategy import make_strategy, run_search
+from scalenas.spaces.flops import subnet_flops_params
+from scalenas.spaces.space import load_space
+from scalenas.spaces.targets import stage_targets
 
 SPACE = load_space("digits-tiny")
 

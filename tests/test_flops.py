@@ -13,11 +13,11 @@ import random
 import pytest
 import torch
 
-from scalenas.arch import derive_subnet, extreme_subnets, sample_subnet
-from scalenas.flops import count_params, flops_params, fvcore_flops, subnet_flops_params
-from scalenas.space import load_space
-from scalenas.standalone import StandaloneNet
-from scalenas.supernet import SuperNet, export_subnet
+from scalenas.spaces.arch import derive_subnet, extreme_subnets, sample_subnet
+from scalenas.spaces.flops import count_params, flops_params, fvcore_flops, subnet_flops_params
+from scalenas.spaces.space import load_space
+from scalenas.models.standalone import StandaloneNet
+from scalenas.models.supernet import SuperNet, export_subnet
 
 pytestmark = pytest.mark.usefixtures("torch_threads")
 
@@ -111,7 +111,7 @@ def test_supernet_parameters_cover_every_subnet(digits):
 
 
 def test_cached_count_works_for_a_space_not_on_disk():
-    from scalenas.space import space_from_dict
+    from scalenas.spaces.space import space_from_dict
 
     raw = dict(load_space("digits-tiny").raw, name="digits-from-ckpt")
     space = space_from_dict(raw, "/nonexistent/run/checkpoint.pt[space_yaml]")

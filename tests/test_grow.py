@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scalenas.cli_grow import add_parser, run
+from scalenas.cli.grow import add_parser, run
 from scalenas.errors import ScalenasError
-from scalenas.grow import (AdaptedBlock, AdaptedViTBlock, GrownModel, LowRankLinear, count_unique_params,
+from scalenas.models.grow import (AdaptedBlock, AdaptedViTBlock, GrownModel, LowRankLinear, count_unique_params,
                            grow, param_report)
-from scalenas.modelio import load_model, register_model, save_model
-from scalenas.vit import ViT
+from scalenas.models.registry import load_model, register_model, save_model
+from scalenas.models.vit import ViT
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -339,9 +339,9 @@ def test_cnn_never_duplicates_stride_or_width_changes_and_bn_is_per_instance() -
 
 
 def test_real_standalone_cnn_grows_and_round_trips(tmp_path) -> None:
-    from scalenas.arch import extreme_subnets
-    from scalenas.space import load_space
-    from scalenas.standalone import StandaloneNet
+    from scalenas.spaces.arch import extreme_subnets
+    from scalenas.spaces.space import load_space
+    from scalenas.models.standalone import StandaloneNet
 
     space = load_space("digits-tiny")
     torch.manual_seed(0)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from scalenas.errors import ScalenasError
-from scalenas.markov import MarkovChainModel
-from scalenas.space import load_space
+from scalenas.search.markov import MarkovChainModel
+from scalenas.spaces.space import load_space
 
 
 @pytest.fixture()

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from scalenas.optim import PathSGD, lr_at, masks_from_record
+from scalenas.train.optim import PathSGD, lr_at, masks_from_record
 
 LR, MOM, WD = 0.1, 0.9, 1e-2
 

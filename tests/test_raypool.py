@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from scalenas.errors import ScalenasError
-from scalenas.raypool import (EvaluatorPool, _is_loopback, _non_loopback_listeners, connect_ray, default_workers,
+from scalenas.search.raypool import (EvaluatorPool, _is_loopback, _non_loopback_listeners, connect_ray, default_workers,
                               start_local_ray)
 
 ray = pytest.importorskip("ray")
@@ -93,7 +93,7 @@ def test_inprocess_imports_no_ray():
     # A fresh interpreter: workers=0 must work without importing Ray at all.
     code = (
         "import sys\n"
-        "from scalenas.raypool import EvaluatorPool\n"
+        "from scalenas.search.raypool import EvaluatorPool\n"
         "class E:\n"
         "    def evaluate(self, item): return {'n': len(item)}\n"
         "with EvaluatorPool(E, workers=0) as p: r = p.map(['ab', 'abc', 'ab'])\n"

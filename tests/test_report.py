@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scalenas.arch import Subnet
-from scalenas.cli import main
-from scalenas.cli_report import COLUMNS, pick_target
-from scalenas.evolution import make_strategy, run_search
-from scalenas.flops import subnet_flops_params
-from scalenas.space import load_space
-from scalenas.targets import check_targets, feasible_ranges, stage_targets
+from scalenas.spaces.arch import Subnet
+from scalenas.cli.main import main
+from scalenas.cli.report import COLUMNS, pick_target
+from scalenas.search.strategy import make_strategy, run_search
+from scalenas.spaces.flops import subnet_flops_params
+from scalenas.spaces.space import load_space
+from scalenas.spaces.targets import check_targets, feasible_ranges, stage_targets
 
 SPACE = load_space("digits-tiny")
 PNG = b"\x89PNG\r\n\x1a\n"

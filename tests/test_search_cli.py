@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 import torch
 
-from scalenas.cli import main
-from scalenas.reports import FAMILY_COLUMNS, LOG_COLUMNS, PARETO_COLUMNS
+from scalenas.cli.main import main
+from scalenas.report.search_report import FAMILY_COLUMNS, LOG_COLUMNS, PARETO_COLUMNS
 
 TARGET = "4M"  # digits-tiny, 3 scaling stages: targets 0.5M, 1M, 2M, 4M, all inside their feasible ranges
 REPORTS = ("pareto.csv", "family.csv", "chain.json", "best.json", "search_log.csv", "pareto.png", "state.json",
@@ -51,8 +51,8 @@ def _no_ray_left():
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
-    from scalenas.config import load_job
-    from scalenas.train_supernet import train_supernet
+    from scalenas.train.config import load_job
+    from scalenas.train.supernet import train_supernet
 
     cfg = load_job("digits", {"steps": 6, "batch_size": 32})
     cfg.panel_random = 0
@@ -106,9 +106,9 @@ def test_every_report_written_and_parses(reference):
     assert list(log.columns) == LOG_COLUMNS
     assert list(log["generation"]) == [0, 1] and log["evaluations"].is_monotonic_increasing
     # Unique evaluations, keyed by the BUILT network (two (d, w, r) may build the same one): none twice.
-    from scalenas.arch import parse_subnet
-    from scalenas.evolution import built_key
-    from scalenas.space import load_space
+    from scalenas.spaces.arch import parse_subnet
+    from scalenas.search.strategy import built_key
+    from scalenas.spaces.space import load_space
 
     space = load_space("digits-tiny")
     built = {built_key(space, parse_subnet(json.loads(a), space)) for a in pareto["arch"]}
@@ -164,7 +164,7 @@ def test_one_ray_worker_gives_the_inprocess_results(trained_run, reference, tmp_
 
 # ---------------------------------------------------------------------------------------------- resume
 def test_resume_after_interrupt_equals_uninterrupted(trained_run, reference, tmp_path, monkeypatch, capsys):
-    from scalenas.fitness import SupernetEvaluator
+    from scalenas.train.evaluate import SupernetEvaluator
 
     log = pd.read_csv(reference / "search_log.csv")
     after_gen0 = int(log["evaluations"].iloc[0])
@@ -202,7 +202,7 @@ def test_resume_after_interrupt_equals_uninterrupted(trained_run, reference, tmp
 @pytest.fixture(scope="session")
 def broken_runs(trained_run, tmp_path_factory) -> dict[str, Path]:
     """Run folders with: no checkpoint, a corrupt file, a non-scalenas file, weights that do not fit."""
-    from scalenas.checkpoint import read_checkpoint, save_checkpoint
+    from scalenas.train.checkpoint import read_checkpoint, save_checkpoint
 
     root = tmp_path_factory.mktemp("broken")
     runs = {name: root / name for name in ("empty", "corrupt", "foreign", "mismatch")}

@@ -5,10 +5,10 @@ import math
 
 import pytest
 
-from scalenas.arch import derive_subnet, extreme_subnets
+from scalenas.spaces.arch import derive_subnet, extreme_subnets
 from scalenas.errors import ScalenasError
-from scalenas.space import load_space, resolve_space_path, shipped_spaces
-from scalenas.supernet import SliceLayout
+from scalenas.spaces.space import load_space, resolve_space_path, shipped_spaces
+from scalenas.models.supernet import SliceLayout
 
 pytestmark = pytest.mark.usefixtures("torch_threads")
 

@@ -11,16 +11,16 @@ import pandas as pd
 import pytest
 import torch
 
-from scalenas.checkpoint import save_checkpoint
-from scalenas.cli import main
-from scalenas.config import load_job
+from scalenas.train.checkpoint import save_checkpoint
+from scalenas.cli.main import main
+from scalenas.train.config import load_job
 from scalenas.errors import ScalenasError
-from scalenas.modelio import load_model, save_model
-from scalenas.space import load_space
-from scalenas.standalone import StandaloneNet
-from scalenas.supernet import SuperNet, export_subnet
-from scalenas.train_standalone import TRAIN_CKPT_NAME, build_model, train_standalone
-from scalenas.vit import ViT
+from scalenas.models.registry import load_model, save_model
+from scalenas.spaces.space import load_space
+from scalenas.models.standalone import StandaloneNet
+from scalenas.models.supernet import SuperNet, export_subnet
+from scalenas.train.standalone import TRAIN_CKPT_NAME, build_model, train_standalone
+from scalenas.models.vit import ViT
 
 SPACE = load_space("digits-tiny")
 SMALL = {"space": "digits-tiny", "base": [["ir_k3"], ["ir_k3"], ["ir_k3"], ["ir_k3"]], "depth": 1.0, "width": 1.0,
@@ -109,7 +109,7 @@ def test_resume_gives_the_uninterrupted_weights(tmp_path):
 
 
 def test_sigint_saves_and_exits_130(tmp_path, monkeypatch, capsys):
-    import scalenas.train_standalone as ts
+    import scalenas.train.standalone as ts
 
     real = ts.lr_at
 
@@ -141,7 +141,7 @@ def test_init_supernet_copies_the_inherited_weights(tmp_path, supernet_ckpt):
 
 
 def test_init_file_must_match_the_arch_and_freeze_shared_trains_adapters(tmp_path, capsys):
-    from scalenas.grow import grow
+    from scalenas.models.grow import grow
 
     save_model(tmp_path / "cnn.pt", StandaloneNet.from_subnet(SPACE, SMALL))
     one_line_error(capsys, ["train", "--arch", json.dumps(IN_STAGE1), "--init", str(tmp_path / "cnn.pt"), *FAST],

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from conftest import randomize_bn
-from scalenas.arch import Subnet, derive_subnet, extreme_subnets, parse_subnet, sample_subnet
-from scalenas.checkpoint import load_supernet, read_checkpoint, save_checkpoint
+from scalenas.spaces.arch import Subnet, derive_subnet, extreme_subnets, parse_subnet, sample_subnet
+from scalenas.train.checkpoint import load_supernet, read_checkpoint, save_checkpoint
 from scalenas.errors import ScalenasError
-from scalenas.modelio import load_model, save_model
-from scalenas.space import load_space
-from scalenas.standalone import StandaloneNet
-from scalenas.supernet import DynamicBN, SuperNet, export_subnet
+from scalenas.models.registry import load_model, save_model
+from scalenas.spaces.space import load_space
+from scalenas.models.standalone import StandaloneNet
+from scalenas.models.supernet import DynamicBN, SuperNet, export_subnet
 
 pytestmark = pytest.mark.usefixtures("torch_threads")
 

@@ -5,11 +5,11 @@ import random
 
 import pytest
 
-from scalenas.arch import sample_subnet
+from scalenas.spaces.arch import sample_subnet
 from scalenas.errors import ScalenasError
-from scalenas.flops import subnet_flops_params
-from scalenas.space import load_space
-from scalenas.targets import check_targets, check_tolerance, feasible_ranges, format_flops, parse_flops, stage_targets
+from scalenas.spaces.flops import subnet_flops_params
+from scalenas.spaces.space import load_space
+from scalenas.spaces.targets import check_targets, check_tolerance, feasible_ranges, format_flops, parse_flops, stage_targets
 
 
 @pytest.mark.parametrize("text, value", [

@@ -19,13 +19,13 @@ import torch
 import yaml
 from scipy.stats import chisquare
 
-from scalenas.checkpoint import CKPT_NAME, read_checkpoint, save_checkpoint
-from scalenas.cli import main
-from scalenas.config import TrainConfig, load_job
-from scalenas.optim import param_groups
-from scalenas.space import load_space
-from scalenas.supernet import SuperNet
-from scalenas.train_supernet import PathSampler, train_supernet
+from scalenas.train.checkpoint import CKPT_NAME, read_checkpoint, save_checkpoint
+from scalenas.cli.main import main
+from scalenas.train.config import TrainConfig, load_job
+from scalenas.train.optim import param_groups
+from scalenas.spaces.space import load_space
+from scalenas.models.supernet import SuperNet
+from scalenas.train.supernet import PathSampler, train_supernet
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 8

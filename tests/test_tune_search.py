@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-from scalenas.evolution import make_strategy
-from scalenas.space import load_space
-from scalenas.targets import stage_targets
-from scalenas.tune_search import MarkovSearcher
+from scalenas.search.strategy import make_strategy
+from scalenas.spaces.space import load_space
+from scalenas.spaces.targets import stage_targets
+from scalenas.search.tune import MarkovSearcher
 
 SPACE = load_space("digits-tiny")
 TARGETS = stage_targets(SPACE, "4.5M")

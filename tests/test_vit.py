@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from scalenas.errors import ScalenasError
-from scalenas.modelio import load_model, save_model
-from scalenas.vit import Block, ViT, ViTConfig
+from scalenas.models.registry import load_model, save_model
+from scalenas.models.vit import Block, ViT, ViTConfig
 
 
 def tiny(**kw) -> ViT:

@@ -12,7 +12,7 @@ process hits one round rather than one mode. The results of every mode must be i
 depend on the number of workers), otherwise the script fails.
 
 Targets: 2 workers vs 1 >= 1.6x, 1 worker vs in-process >= 0.85x. Ray runs locally on 127.0.0.1 only
-(``scalenas.raypool.start_local_ray``) and is shut down at the end. Writes the CSV atomically.
+(``scalenas.search.raypool.start_local_ray``) and is shut down at the end. Writes the CSV atomically.
 """
 from __future__ import annotations
 
@@ -34,12 +34,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per evaluator; set b
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from scalenas.arch import sample_subnet  # noqa: E402
-from scalenas.checkpoint import checkpoint_space, read_checkpoint, resolve_checkpoint  # noqa: E402
-from scalenas.evolution import built_key  # noqa: E402
-from scalenas.fitness import SupernetEvaluator  # noqa: E402
+from scalenas.spaces.arch import sample_subnet  # noqa: E402
+from scalenas.train.checkpoint import checkpoint_space, read_checkpoint, resolve_checkpoint  # noqa: E402
+from scalenas.search.strategy import built_key  # noqa: E402
+from scalenas.train.evaluate import SupernetEvaluator  # noqa: E402
 from scalenas.io import atomic_write_csv  # noqa: E402
-from scalenas.raypool import EvaluatorPool, start_local_ray  # noqa: E402
+from scalenas.search.raypool import EvaluatorPool, start_local_ray  # noqa: E402
 
 MODES = (("inprocess", 0), ("ray", 1), ("ray", 2))
 COLUMNS = ["mode", "workers", "threads", "items", "seconds", "items_per_s", "ratio_vs_inprocess",
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.items < 1 or args.rounds < 1:
         raise SystemExit("--items and --rounds must be >= 1")
     if args.supernet is None:
-        from scalenas.train_supernet import latest_run
+        from scalenas.train.supernet import latest_run
 
         args.supernet = str(latest_run())
     ckpt = resolve_checkpoint(args.supernet)
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _parse(space, item: str):
-    from scalenas.arch import parse_subnet
+    from scalenas.spaces.arch import parse_subnet
 
     return parse_subnet(json.loads(item), space)
 

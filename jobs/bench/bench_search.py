@@ -7,7 +7,7 @@
 
 Every (strategy, seed) run gets the same budget of unique subnet evaluations (``SearchOptions.budget``, counted
 by built network, as the search itself counts them) and is driven by the same ask/tell loop as
-``scalenas search``. Fitness comes from ONE in-process :class:`~scalenas.fitness.SupernetEvaluator` (one torch
+``scalenas search``. Fitness comes from ONE in-process :class:`~scalenas.train.evaluate.SupernetEvaluator` (one torch
 thread) behind a cache keyed by the subnet's JSON, shared by every strategy and seed: fitness is deterministic,
 so a subnet that two runs both propose is scored once. Each run is still charged for every unique subnet it
 asks for (``evaluations``); ``evaluator_calls`` says how many of them actually ran. ``--cache FILE`` keeps that
@@ -44,11 +44,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from scalenas.checkpoint import checkpoint_space, read_checkpoint, resolve_checkpoint  # noqa: E402
-from scalenas.evolution import STRATEGIES, SearchOptions, make_strategy  # noqa: E402
-from scalenas.fitness import SupernetEvaluator  # noqa: E402
+from scalenas.train.checkpoint import checkpoint_space, read_checkpoint, resolve_checkpoint  # noqa: E402
+from scalenas.search.strategy import STRATEGIES, SearchOptions, make_strategy  # noqa: E402
+from scalenas.train.evaluate import SupernetEvaluator  # noqa: E402
 from scalenas.io import atomic_write_csv, atomic_write_json, atomic_write_text  # noqa: E402
-from scalenas.targets import check_targets, format_flops, stage_targets  # noqa: E402
+from scalenas.spaces.targets import check_targets, format_flops, stage_targets  # noqa: E402
 
 ORDER = ("alternate", "markov", "compound", "random", "independent")  # alternate first: the others compare to it
 COLUMNS = ["strategy", "seed", "budget", "evaluations", "final_fitness", "feasible", "evals_to_final",
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.curves is None:
         args.curves = str(Path(args.csv).with_name(Path(args.csv).stem + "_curves.csv"))
     if args.supernet is None:
-        from scalenas.train_supernet import latest_run
+        from scalenas.train.supernet import latest_run
 
         args.supernet = str(latest_run())
     ckpt = resolve_checkpoint(args.supernet)

@@ -36,12 +36,12 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from scalenas.arch import derive_subnet, sample_subnet  # noqa: E402
-from scalenas.flops import flops_params, fvcore_flops  # noqa: E402
+from scalenas.spaces.arch import derive_subnet, sample_subnet  # noqa: E402
+from scalenas.spaces.flops import flops_params, fvcore_flops  # noqa: E402
 from scalenas.io import atomic_write_csv  # noqa: E402
-from scalenas.space import load_space  # noqa: E402
-from scalenas.standalone import StandaloneNet  # noqa: E402
-from scalenas.supernet import SuperNet, export_subnet  # noqa: E402
+from scalenas.spaces.space import load_space  # noqa: E402
+from scalenas.models.standalone import StandaloneNet  # noqa: E402
+from scalenas.models.supernet import SuperNet, export_subnet  # noqa: E402
 
 BATCH = {"digits-tiny": 64, "cifar-mbv3": 32, "scalenet-mbv3": 2}
 REPS = {"digits-tiny": (2, 5), "cifar-mbv3": (1, 3), "scalenet-mbv3": (1, 3)}  # (warm-up, timed)

@@ -32,9 +32,9 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from scalenas.config import load_job  # noqa: E402
+from scalenas.train.config import load_job  # noqa: E402
 from scalenas.io import atomic_write_csv, atomic_write_text  # noqa: E402
-from scalenas.train_supernet import train_supernet  # noqa: E402
+from scalenas.train.supernet import train_supernet  # noqa: E402
 
 JOB = "digits"
 

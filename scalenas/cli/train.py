@@ -1,0 +1,83 @@
+"""``scalenas train``: train one standalone model (searched/extrapolated subnet, ViT, grown model).
+
+    scalenas train --arch results/runs/RUN/search/member_s4.json --steps 600
+    scalenas train --arch '{"space": "digits-tiny", "base": [...], "depth": 1.2, ...}' --init supernet:RUN
+    scalenas train --init grown.pt --freeze-shared --steps 300
+    scalenas train --resume --out results/runs/20250101-120000-train-member_s4
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from scalenas.errors import ScalenasError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train one standalone model (a searched or extrapolated member, a ViT, a grown model)",
+        description="Train ONE standalone model with the supernet's data and recipe (SGD + Nesterov, warm-up + "
+        "cosine, label smoothing, no decay on BN/biases), then report its holdout and test top-1 (result.json). "
+        "The data split follows the job's seed (data_seed), not --seed, so repeated seeds share one split. "
+        "Flags override the job file (default jobs/digits.yaml).")
+    p.add_argument("--arch", default=None, help="architecture JSON (file or inline; searched or extrapolated member)"
+                   " or a model file written by scalenas (export, grow, save_model)")
+    p.add_argument("--init", default=None, metavar="scratch|supernet:CKPT|FILE",
+                   help="initial weights: scratch (default for a JSON), supernet:CKPT (inherit from a supernet "
+                   "checkpoint or run dir; the member must fit inside it) or a model file (e.g. a grown model); "
+                   "a model file given as --arch starts from its own weights")
+    p.add_argument("--job", default=None, help="job YAML with the recipe (default: digits)")
+    p.add_argument("--data", default=None, help="'digits', an ImageFolder dir, a CIFAR python dir or an .npz")
+    p.add_argument("--data-seed", type=int, default=None,
+                   help="seed of the train/holdout/test split (default: the job's data_seed, else its seed)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs over the train split (overrides --steps)")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    p.add_argument("--dropout", type=float, default=None, help="classifier dropout of a CNN (default: the space's)")
+    p.add_argument("--out", default=None, help="run directory (default: results/runs/<time>-train-<name>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out (default: the most recent standalone run) from its checkpoint")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None, help="device (default auto)")
+    p.add_argument("--seed", type=int, default=None, help="seed of initialisation, data order and augmentation")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
+    p.add_argument("--freeze-shared", action="store_true",
+                   help="grown models: train only the adapters and per-instance norms")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from scalenas.train.config import load_job
+    from scalenas.train.standalone import train_standalone
+
+    job = args.job if args.job is not None else "digits"
+    if args.dropout is not None and not 0.0 <= args.dropout < 1.0:
+        raise ScalenasError(f"--dropout must be in [0, 1), got {args.dropout}")
+    data_seed = args.data_seed
+    if data_seed is None:  # the split follows the job, so --seed 1, 2, 3 train on the same split
+        job_cfg = load_job(job)
+        data_seed = job_cfg.data_seed if job_cfg.data_seed is not None else job_cfg.seed
+    overrides = {k: getattr(args, k) for k in ("data", "epochs", "steps", "batch_size", "lr", "device", "seed",
+                                                "threads", "checkpoint_every", "dropout")}
+    overrides["data_seed"] = data_seed
+    cfg = load_job(job, overrides)
+    out = Path(args.out) if args.out else None
+    if args.resume:
+        if out is not None and not out.is_dir():
+            raise ScalenasError(f"--resume: run directory {out} does not exist")
+    elif args.arch is None and args.init is None:
+        raise ScalenasError("give --arch (an architecture JSON or a model file), or --resume")
+    summary = train_standalone(cfg, args.arch, args.init, out, resume=args.resume, progress=not args.no_progress,
+                               freeze_shared=args.freeze_shared)
+    if not summary["finished"]:
+        return 130
+    r = summary["result"]
+    flops = "?" if r["flops"] is None else f"{r['flops'] / 1e6:.3f}M"
+    print(f"{r['name']}: {r['kind']} at {r['resolution']} px, {flops} FLOPs, {r['params'] / 1e3:.1f}K params, "
+          f"weights from {r['init']}")
+    print(f"holdout top-1 {r['holdout_top1']:.4f}   test top-1 {r['test_top1']:.4f}   "
+          f"({r['steps']} steps, {r['train_seconds']:.0f} s)")
+    print(f"run directory: {summary['out_dir']}  (final.pt, result.json, train_log.csv, train_checkpoint.pt)")
+    return 0

@@ -1,0 +1,146 @@
+"""Search reports: every file is written atomically, so an interrupted search never leaves a torn report.
+
+Files in the output folder (columns documented in :func:`write_reports`):
+``pareto.csv``, ``family.csv``, ``chain.json``, ``best.json``, ``search_log.csv``, ``pareto.png``.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from scalenas.spaces.flops import FLOPS_CONVENTION
+from scalenas.io import atomic_write_bytes, atomic_write_csv, atomic_write_json
+
+if TYPE_CHECKING:  # reports read a strategy; they never drive one
+    from scalenas.search.strategy import Strategy
+
+PARETO_COLUMNS = ["generation", "candidate", "stage", "target_flops", "flops", "params", "resolution", "depth_mult",
+                  "width_mult", "top1", "feasible", "is_pareto", "arch"]
+FAMILY_COLUMNS = ["stage", "kind", "target_flops", "flops", "params", "resolution", "depth_mult", "width_mult",
+                  "top1", "feasible", "arch"]
+LOG_COLUMNS = ["generation", "best_fitness", "mean_fitness", "feasible_share", "evaluations", "evaluations_per_s",
+               "gave_up"]
+
+
+def pareto_mask(frame: pd.DataFrame) -> np.ndarray:
+    """Non-dominated rows of ``frame`` within each stage (fewer FLOPs and higher top-1 are better).
+
+    A row is dominated when another row of its stage has flops <= and top1 >= with one of them strict. Rows
+    without a top-1 (failed evaluations) are never on the front. Sort-based, O(n log n) per stage.
+    """
+    mask = np.zeros(len(frame), dtype=bool)
+    if frame.empty:
+        return mask
+    top1 = pd.to_numeric(frame["top1"], errors="coerce")
+    for _, idx in frame.groupby("stage").groups.items():
+        sub = pd.DataFrame({"flops": frame.loc[idx, "flops"].astype(float), "top1": top1.loc[idx]}).dropna()
+        if sub.empty:
+            continue
+        group_max = sub.groupby("flops")["top1"].max().sort_index()
+        # best top-1 among strictly fewer FLOPs: the running max of the previous FLOPs groups
+        prev_max = group_max.cummax().shift(1, fill_value=-np.inf)
+        same = sub["flops"].map(group_max)
+        before = sub["flops"].map(prev_max)
+        front = (before < sub["top1"]) & (same <= sub["top1"])
+        mask[frame.index.get_indexer(front.index[front.to_numpy()])] = True
+    return mask
+
+
+def pareto_frame(strategy: "Strategy") -> pd.DataFrame:
+    frame = pd.DataFrame(strategy.pareto_rows(), columns=[c for c in PARETO_COLUMNS if c != "is_pareto"])
+    frame.insert(PARETO_COLUMNS.index("is_pareto"), "is_pareto", pareto_mask(frame))
+    return frame
+
+
+def family_frame(best: dict[str, Any]) -> pd.DataFrame:
+    rows = [{**{k: r[k] for k in FAMILY_COLUMNS if k in r}, "kind": "searched"} for r in best.get("family", [])]
+    return pd.DataFrame(rows, columns=FAMILY_COLUMNS)
+
+
+def chain_report(strategy: "Strategy", best: dict[str, Any]) -> dict[str, Any]:
+    """The best chain (indices and values) and, for strategies that learn one, the Markov chain."""
+    matrices = strategy.transition_report()
+    return {"strategy": strategy.name, "space": strategy.space.name,
+            "chain": best.get("chain", []),
+            "dimensions": ["depth", "width", "resolution"],
+            "matrices": matrices,
+            "note": None if matrices is not None else f"strategy {strategy.name!r} holds no transition model"}
+
+
+def best_report(strategy: "Strategy", best: dict[str, Any]) -> dict[str, Any]:
+    return {"space": strategy.space.name, "strategy": strategy.name, "base": best.get("base"),
+            "chain": [{k: x[k] for k in ("depth", "width", "resolution")} for x in best.get("chain", [])],
+            "fitness": best.get("fitness"), "feasible": best.get("feasible"),
+            "targets": strategy.targets, "tolerance": strategy.options.tolerance,
+            "flops_convention": FLOPS_CONVENTION,
+            "family": [{"stage": r["stage"], "arch": r["arch"], "flops": r["flops"], "top1": r["top1"]}
+                       for r in best.get("family", [])],
+            **({"bases": best["bases"]} if "bases" in best else {})}
+
+
+def plot_pareto(frame: pd.DataFrame, family: pd.DataFrame, title: str) -> bytes:
+    """PNG bytes: top-1 vs FLOPs of every evaluated subnet, one colour per stage, the family highlighted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.12, top=0.92)  # fixed margins: tight_layout costs 0.15 s
+    try:
+        data = frame.dropna(subset=["top1"])
+        for stage, group in data.groupby("stage"):
+            ax.scatter(group["flops"], group["top1"], s=10, alpha=0.5, label=f"stage {stage}")
+        fam = family.dropna(subset=["top1"])
+        if not fam.empty:
+            ax.plot(fam["flops"], fam["top1"], "k-*", markersize=12, label="best family")
+        if not data.empty:
+            ax.set_xscale("log")
+            ax.legend(fontsize=8)
+        return finish_plot(fig, ax, title, "supernet top-1")
+    finally:
+        plt.close(fig)
+
+
+def finish_plot(fig, ax, title: str, ylabel: str) -> bytes:
+    """Label a FLOPs-vs-accuracy axis the same way in every plot and return the figure as PNG bytes."""
+    ax.set_xlabel(f"FLOPs ({FLOPS_CONVENTION})")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def write_reports(out_dir: str | Path, strategy: "Strategy") -> dict[str, Path]:
+    """Write every report of ``strategy`` into ``out_dir`` (atomically); returns their paths.
+
+    - ``pareto.csv``: one row per evaluated (candidate, stage): generation, candidate, stage, target_flops,
+      flops, params, resolution, depth_mult, width_mult, top1, feasible, is_pareto (non-dominated in FLOPs vs
+      top-1 within its stage), arch (canonical subnet JSON).
+    - ``family.csv``: the best family, one row per stage (kind = "searched").
+    - ``chain.json``: the best chain as indices and values; pi and every T_s with row/column labels.
+    - ``best.json``: space, base, chain (d, w, r per stage 1..S), fitness, targets, tolerance, FLOPs convention.
+    - ``search_log.csv``: per generation best/mean fitness, feasible share, cumulative unique evaluations,
+      evaluations/s and the number of constrained samplers that gave up.
+    - ``pareto.png``: top-1 vs FLOPs, per-stage colours, the family highlighted.
+    """
+    out = Path(out_dir)
+    best = strategy.best()
+    pareto = pareto_frame(strategy)
+    family = family_frame(best)
+    paths = {
+        "pareto": atomic_write_csv(out / "pareto.csv", pareto),
+        "family": atomic_write_csv(out / "family.csv", family),
+        "chain": atomic_write_json(out / "chain.json", chain_report(strategy, best)),
+        "best": atomic_write_json(out / "best.json", best_report(strategy, best)),
+        "search_log": atomic_write_csv(out / "search_log.csv", pd.DataFrame(strategy.history, columns=LOG_COLUMNS)),
+    }
+    png = plot_pareto(pareto, family, f"{strategy.space.name}: {strategy.name} search")
+    paths["plot"] = atomic_write_bytes(out / "pareto.png", png)
+    return paths

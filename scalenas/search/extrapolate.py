@@ -1,0 +1,134 @@
+"""Grow a searched family beyond its last scaling stage (METHOD.md §5, last bullet).
+
+The best chain's steps (base → stage 1 → ... → stage S) are increments in (log d, log w, log r). Their weighted
+mean, with weights rising toward the last steps (later steps say more about how large models should grow),
+is the stationary step direction u (normalised). Each new member moves from the previous one along u by the
+step length t that multiplies FLOPs by ``growth``, measured under the real rounding rules: layers by ceil
+(:meth:`SearchSpace.scale_depth`), channels by the space's one rule (:meth:`SearchSpace.scale_channels`,
+applied by ``derive_subnet``), resolution to a multiple of ``resolution_step``.
+
+Rounding makes FLOPs a step function of t: brentq finds where it crosses the target, then the neighbouring
+rounded candidates (nearby t, resolution one step either way) are scored and the one closest to the target in
+log FLOPs is kept; each member says whether it landed within the tolerance. Members lie outside the supernet's
+option lists: they are reported as not evaluated and must be trained standalone or grown (METHOD.md §7).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+from scipy.optimize import brentq
+
+from scalenas.spaces.arch import Base, Subnet, derive_subnet
+from scalenas.errors import ScalenasError
+from scalenas.spaces.flops import subnet_flops_params
+from scalenas.spaces.space import SearchSpace, load_space
+from scalenas.spaces.targets import check_tolerance
+
+DECIMALS = 4  # multipliers of extrapolated members are written with 4 decimals (readable JSON)
+_WINDOW = np.linspace(0.8, 1.2, 81)  # neighbouring step lengths searched around brentq's root, relative
+
+
+def step_direction(space: SearchSpace, chain: Sequence[tuple[float, float, int]],
+                   weights: Sequence[float] | None = None) -> np.ndarray:
+    """The unit stationary step direction u in (log d, log w, log r) of a chain of (d, w, r) per stage 1..S.
+
+    ``weights`` (one per step, default 1..S: rising toward the last steps) weight the increments. Negative
+    components are clipped to 0: a step never shrinks a dimension, so members grow monotonically.
+    """
+    if len(chain) < 1:
+        raise ScalenasError("extrapolation needs a chain of at least one scaling stage")
+    points = np.array([[0.0, 0.0, 0.0]] + [[math.log(d), math.log(w), math.log(r / space.base_resolution)]
+                                            for d, w, r in chain])
+    increments = np.diff(points, axis=0)
+    w = np.arange(1.0, len(chain) + 1.0) if weights is None else np.asarray(weights, dtype=float)
+    if w.shape != (len(chain),) or (w < 0).any() or not w.sum() > 0:
+        raise ScalenasError(f"extrapolation weights must be {len(chain)} non-negative numbers with a positive sum, "
+                            f"got {list(weights) if weights is not None else None}")
+    u = np.clip(w @ increments / w.sum(), 0.0, None)
+    norm = float(np.linalg.norm(u))
+    if norm == 0.0:
+        raise ScalenasError("the chain never grows depth, width or resolution: no direction to extrapolate along")
+    return u / norm
+
+
+def extrapolate(space: SearchSpace | str, base: Base | Sequence[Sequence[str]],
+                chain: Sequence[tuple[float, float, int]], steps: int, growth: float | None = None,
+                tolerance: float = 0.1, weights: Sequence[float] | None = None) -> list[dict[str, Any]]:
+    """``steps`` new members after the chain's last stage, each ≈ ``growth`` × the previous member's FLOPs.
+
+    ``chain`` holds (depth, width, resolution) of stages 1..S of the best family. Each member dict has the
+    family.csv fields (stage, kind="extrapolated", target_flops, flops, params, resolution, depth_mult,
+    width_mult, top1=None, feasible = within tolerance, arch = subnet JSON) plus step, flops_ratio,
+    within_tolerance, step_length, direction (u) and evaluated=False.
+    """
+    space = load_space(space)
+    base = tuple(tuple(layers) for layers in base)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ScalenasError(f"extrapolation steps must be an integer >= 1, got {steps!r}")
+    growth = space.growth if growth is None else growth
+    if isinstance(growth, bool) or not isinstance(growth, (int, float)) or not float(growth) > 1.0:
+        raise ScalenasError(f"growth must be a number > 1, got {growth!r}")
+    tolerance = check_tolerance(tolerance)
+    u = step_direction(space, chain, weights)
+    step, r0 = space.resolution_step, space.base_resolution
+
+    d, w, r = chain[-1]
+    prev = Subnet(space.name, base, float(d), float(w), int(r))
+    prev_flops = subnet_flops_params(space, prev)[0]
+    members: list[dict[str, Any]] = []
+    for m in range(1, steps + 1):
+        target = growth * prev_flops
+        origin = np.array([math.log(prev.depth), math.log(prev.width), math.log(prev.resolution / r0)])
+        r_min = step * math.ceil(prev.resolution / step)  # never below the previous member, on the step grid
+
+        def at(t: float, r_shift: int = 0, origin: np.ndarray = origin, r_min: int = r_min) -> Subnet:
+            ld, lw, lr = origin + t * u
+            res = max(r_min, step * round(r0 * math.exp(lr) / step) + r_shift * step)
+            return Subnet(space.name, base, round(math.exp(ld), DECIMALS), round(math.exp(lw), DECIMALS), int(res))
+
+        def log_gap(t: float, at=at, target: float = target) -> float:
+            return log_gap_of(space, at(t), target)
+
+        t_hi = 0.05
+        for _ in range(60):  # bounded bracket search: FLOPs grow without bound along u (u >= 0, |u| = 1)
+            if log_gap(t_hi) > 0:
+                break
+            t_hi *= 2.0
+        else:
+            raise ScalenasError(f"extrapolation step {m}: no step length reaches {target:.3g} FLOPs")
+        t_star = brentq(log_gap, 0.0, t_hi, xtol=1e-9) if log_gap(0.0) < 0 else 0.0
+
+        # FLOPs are a step function of t: score the rounded neighbours, keep the one closest in log.
+        best: tuple[float, float, Subnet, float] | None = None
+        seen: set[str] = set()
+        for t in sorted({t_star, *(t_star * _WINDOW).tolist()}):
+            for shift in (0, -1, 1):
+                cand = at(t, shift)
+                key = derive_subnet(space, cand).key()
+                if key in seen or cand == prev:
+                    continue
+                seen.add(key)
+                score = (abs(log_gap_of(space, cand, target)), abs(t - t_star))
+                if best is None or score < best[:2]:
+                    best = (*score, cand, t)
+        assert best is not None
+        _, _, member, t_used = best
+        flops, params = subnet_flops_params(space, member)
+        within = abs(flops / target - 1.0) <= tolerance
+        members.append({
+            "stage": len(chain) + m, "kind": "extrapolated", "target_flops": int(round(target)), "flops": flops,
+            "params": params, "resolution": member.resolution, "depth_mult": member.depth,
+            "width_mult": member.width, "top1": None, "feasible": within, "arch": member.to_json(),
+            "step": m, "flops_ratio": flops / prev_flops, "within_tolerance": within, "step_length": float(t_used),
+            "direction": {"depth": float(u[0]), "width": float(u[1]), "resolution": float(u[2])},
+            "evaluated": False,
+        })
+        prev, prev_flops = member, flops
+    return members
+
+
+def log_gap_of(space: SearchSpace, subnet: Subnet, target: float) -> float:
+    """log(FLOPs(subnet) / target)."""
+    return math.log(subnet_flops_params(space, subnet)[0] / target)

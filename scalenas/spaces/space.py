@@ -1,0 +1,367 @@
+"""Search spaces: YAML files validated once at load time.
+
+A space declares the stem, the searchable stages with their candidate ops, the head, the base resolution
+and the scaling stages (cumulative depth / width / resolution multipliers per stage). The ONE channel
+rounding rule of a space lives here (:meth:`SearchSpace.scale_channels`); the subnet derivation, the
+supernet capacity, the exported model and the FLOPs counter all go through it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from scalenas.errors import ScalenasError
+from scalenas.resources import SPACES, shipped_dir
+
+SPACES_DIR = shipped_dir(SPACES)  # the shipped spaces (package data)
+_EPS = 1e-9  # multipliers like 1.2 are not exact in binary: 5 * 1.2 must ceil to 6, not 7
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """A candidate op: an inverted-residual block with a given depthwise kernel, optional SE."""
+
+    name: str
+    kernel: int
+    se: bool = True
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A searchable stage. The first layer carries the stride and the channel change."""
+
+    channels: int
+    max_layers: int
+    stride: int
+    expand: int
+    ops: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ScalingStage:
+    """Option lists of cumulative multipliers for one scaling stage (stage 0 is the base)."""
+
+    depth: tuple[float, ...]
+    width: tuple[float, ...]
+    resolution: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.depth) * len(self.width) * len(self.resolution)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    path: str
+    in_channels: int
+    num_classes: int
+    base_resolution: int
+    stem_channels: int
+    stem_kernel: int
+    stem_stride: int
+    stages: tuple[StageSpec, ...]
+    ops: dict[str, OpSpec]
+    head_channels: int
+    dropout: float
+    se_reduction: int
+    coupling: int  # n = 2: bilateral (left/right) channel slices; n = 1: ordered (left) slices
+    width_rounding: str  # "ceil" or "multiple"
+    width_multiple: int
+    resolution_step: int
+    growth: float
+    scaling: tuple[ScalingStage, ...]
+    stage_weights: tuple[float, ...]  # hierarchical sampling: P(scaling stage s)
+    raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+    # ---------------------------------------------------------------- the one rounding rule
+    def scale_channels(self, channels: int, width: float) -> int:
+        """Channels of a layer with base width ``channels`` at width multiplier ``width``."""
+        if self.width_rounding == "ceil":
+            return max(1, math.ceil(channels * width - _EPS))
+        m = self.width_multiple
+        value = channels * width
+        rounded = max(m, int(value + m / 2) // m * m)
+        if rounded < 0.9 * value:  # never round down by more than 10 % (the MobileNet rule)
+            rounded += m
+        return rounded
+
+    @staticmethod
+    def scale_depth(layers: int, depth: float) -> int:
+        """Layers of a stage with ``layers`` base layers at depth multiplier ``depth`` (ceil)."""
+        return max(1, math.ceil(layers * depth - _EPS))
+
+    # ---------------------------------------------------------------- derived quantities
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    @property
+    def num_scaling_stages(self) -> int:
+        """S: the number of scaling stages above the base (stage indices 0..S)."""
+        return len(self.scaling) - 1
+
+    @property
+    def max_depth_mult(self) -> float:
+        return max(max(s.depth) for s in self.scaling)
+
+    @property
+    def max_width_mult(self) -> float:
+        return max(max(s.width) for s in self.scaling)
+
+    def positions(self, stage: int) -> int:
+        """Layer positions the supernet holds for searchable stage ``stage``."""
+        return self.scale_depth(self.stages[stage].max_layers, self.max_depth_mult)
+
+    def capacity(self, channels_at: Any) -> int:
+        """Channel capacity of a feature whose width is ``channels_at(w)``.
+
+        With bilateral coupling the capacity is ``c(w_max) + c(1)`` so the left and right slices of the base
+        width never overlap; with ordered slicing it is ``c(w_max)``.
+        """
+        cap = channels_at(self.max_width_mult)
+        if self.coupling == 2:
+            cap += channels_at(1.0)
+        return cap
+
+    def num_base_networks(self) -> int:
+        total = 1
+        for st in self.stages:
+            n_ops = len(st.ops)
+            total *= sum(n_ops**k for k in range(1, st.max_layers + 1))
+        return total
+
+    def stage_of(self, depth: float, width: float, resolution: int) -> int | None:
+        """The scaling stage whose option lists contain (depth, width, resolution), else None."""
+        for s, sc in enumerate(self.scaling):
+            if _member(depth, sc.depth) is not None and _member(width, sc.width) is not None \
+                    and resolution in sc.resolution:
+                return s
+        return None
+
+    @property
+    def all_resolutions(self) -> list[int]:
+        return sorted({r for sc in self.scaling for r in sc.resolution})
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "path": self.path}
+
+
+def _member(value: float, options: tuple[float, ...]) -> float | None:
+    for o in options:
+        if abs(o - value) <= 1e-9:
+            return o
+    return None
+
+
+def snap_multiplier(value: float, options: tuple[float, ...]) -> float | None:
+    """The option equal to ``value`` (within 1e-9), so JSON round-trips keep the space's exact floats."""
+    return _member(value, options)
+
+
+# -------------------------------------------------------------------- loading and validation
+class _Checker:
+    """Reads keys from the YAML mapping and raises errors that name the file and the key."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def fail(self, key: str, msg: str) -> ScalenasError:
+        return ScalenasError(f"{self.path}: {key}: {msg}")
+
+    def get(self, d: Any, key: str, where: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+        full = f"{where}.{key}" if where else key
+        if not isinstance(d, dict):
+            raise self.fail(where or "<top>", "expected a mapping")
+        if key not in d:
+            if default is ...:
+                raise self.fail(full, "missing")
+            return default
+        value = d[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) and kind is not bool:
+            raise self.fail(full, f"expected {_kind_name(kind)}, got {value!r}")
+        if not isinstance(value, kind):
+            raise self.fail(full, f"expected {_kind_name(kind)}, got {value!r}")
+        return value
+
+    def positive_int(self, d: Any, key: str, where: str, default: Any = ...) -> int:
+        v = self.get(d, key, where, int, default)
+        if v < 1:
+            raise self.fail(f"{where}.{key}" if where else key, f"must be >= 1, got {v}")
+        return v
+
+    def number_list(self, d: Any, key: str, where: str, kind: type) -> tuple:
+        full = f"{where}.{key}"
+        v = self.get(d, key, where, list)
+        if not v:
+            raise self.fail(full, "must be a non-empty list")
+        out = []
+        for i, x in enumerate(v):
+            if kind is float and isinstance(x, int) and not isinstance(x, bool):
+                x = float(x)
+            if isinstance(x, bool) or not isinstance(x, kind) or x <= 0:
+                raise self.fail(f"{full}[{i}]", f"expected a positive {_kind_name(kind)}, got {x!r}")
+            out.append(x)
+        if len(set(out)) != len(out):
+            raise self.fail(full, "contains duplicates")
+        return tuple(out)
+
+
+def _kind_name(kind: Any) -> str:
+    if isinstance(kind, tuple):
+        return " or ".join(k.__name__ for k in kind)
+    return {"float": "a number", "int": "an integer", "str": "a string", "list": "a list",
+            "dict": "a mapping", "bool": "true/false"}.get(kind.__name__, kind.__name__)
+
+
+def shipped_spaces() -> list[str]:
+    return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+
+
+def resolve_space_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise ScalenasError(f"search space file not found: {p}")
+        return p
+    shipped = SPACES_DIR / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise ScalenasError(f"unknown search space {name_or_path!r} (shipped: {', '.join(shipped_spaces())};"
+                        " or give a path to a .yaml file)")
+
+
+_CACHE: dict[str, SearchSpace] = {}
+
+
+def load_space(name_or_path: str | SearchSpace) -> SearchSpace:
+    """Load and validate a space by shipped name (``digits-tiny``) or YAML path."""
+    if isinstance(name_or_path, SearchSpace):
+        return name_or_path
+    path = resolve_space_path(str(name_or_path))
+    key = str(path.resolve())
+    if key in _CACHE:
+        return _CACHE[key]
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ScalenasError(f"cannot read search space {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ScalenasError(f"{path}: malformed YAML{where}") from None
+    space = space_from_dict(data, str(path))
+    _CACHE[key] = space
+    return space
+
+
+def space_from_dict(data: Any, path: str = "<dict>") -> SearchSpace:
+    c = _Checker(path)
+    if not isinstance(data, dict):
+        raise ScalenasError(f"{path}: expected a YAML mapping at the top level")
+    known = {"name", "in_channels", "num_classes", "base_resolution", "stem", "ops", "stages", "head",
+             "se_reduction", "coupling", "width_rounding", "resolution_step", "growth", "scaling",
+             "stage_weights", "description"}
+    for k in data:
+        if k not in known:
+            raise c.fail(str(k), f"unknown key (known: {', '.join(sorted(known))})")
+    name = c.get(data, "name", "", str)
+    in_channels = c.positive_int(data, "in_channels", "", 3)
+    num_classes = c.positive_int(data, "num_classes", "")
+    base_res = c.positive_int(data, "base_resolution", "")
+    stem = c.get(data, "stem", "", dict)
+    stem_ch = c.positive_int(stem, "channels", "stem")
+    stem_k = c.positive_int(stem, "kernel", "stem", 3)
+    stem_s = c.positive_int(stem, "stride", "stem", 2)
+
+    ops_raw = c.get(data, "ops", "", dict)
+    if not ops_raw:
+        raise c.fail("ops", "must declare at least one op")
+    ops: dict[str, OpSpec] = {}
+    for op_name, spec in ops_raw.items():
+        where = f"ops.{op_name}"
+        k = c.positive_int(spec, "kernel", where)
+        if k % 2 == 0:
+            raise c.fail(f"{where}.kernel", f"must be odd, got {k}")
+        ops[str(op_name)] = OpSpec(str(op_name), k, c.get(spec, "se", where, bool, True))
+
+    stages_raw = c.get(data, "stages", "", list)
+    if not stages_raw:
+        raise c.fail("stages", "must list at least one searchable stage")
+    stages = []
+    for i, st in enumerate(stages_raw):
+        where = f"stages[{i}]"
+        st_ops = c.get(st, "ops", where, list)
+        if not st_ops:
+            raise c.fail(f"{where}.ops", "must list at least one op")
+        for o in st_ops:
+            if o not in ops:
+                raise c.fail(f"{where}.ops", f"unknown op {o!r} (declared: {', '.join(ops)})")
+        stride = c.positive_int(st, "stride", where)
+        if stride not in (1, 2):
+            raise c.fail(f"{where}.stride", f"must be 1 or 2, got {stride}")
+        stages.append(StageSpec(c.positive_int(st, "channels", where), c.positive_int(st, "max_layers", where),
+                                stride, c.positive_int(st, "expand", where), tuple(st_ops)))
+
+    head = c.get(data, "head", "", dict)
+    head_ch = c.positive_int(head, "channels", "head")
+    dropout = c.get(head, "dropout", "head", float, 0.0)
+    if not 0.0 <= dropout < 1.0:
+        raise c.fail("head.dropout", f"must be in [0, 1), got {dropout}")
+
+    coupling = c.get(data, "coupling", "", int, 2)
+    if coupling not in (1, 2):
+        raise c.fail("coupling", f"must be 1 (ordered slices) or 2 (bilateral), got {coupling}")
+    wr = data.get("width_rounding", "ceil")
+    if wr == "ceil":
+        rounding, multiple = "ceil", 1
+    elif isinstance(wr, dict) and set(wr) == {"multiple"} and isinstance(wr["multiple"], int) \
+            and wr["multiple"] >= 1:
+        rounding, multiple = "multiple", wr["multiple"]
+    else:
+        raise c.fail("width_rounding", f"must be 'ceil' or {{multiple: N}}, got {wr!r}")
+
+    scaling_raw = c.get(data, "scaling", "", list)
+    if len(scaling_raw) < 2:
+        raise c.fail("scaling", "needs stage 0 (the base) and at least one scaling stage")
+    scaling = []
+    for s, sc in enumerate(scaling_raw):
+        where = f"scaling[{s}]"
+        scaling.append(ScalingStage(c.number_list(sc, "depth", where, float), c.number_list(sc, "width", where, float),
+                                    c.number_list(sc, "resolution", where, int)))
+    base = scaling[0]
+    if base.depth != (1.0,) or base.width != (1.0,) or base.resolution != (base_res,):
+        raise c.fail("scaling[0]", f"stage 0 is the base: depth [1.0], width [1.0], resolution [{base_res}]")
+    for s, sc in enumerate(scaling):
+        if min(sc.depth) < 1.0 or min(sc.width) < 1.0:
+            raise c.fail(f"scaling[{s}]", "depth and width multipliers must be >= 1.0")
+
+    weights_raw = data.get("stage_weights")
+    if weights_raw is None:
+        # The paper: P(stage) proportional to its number of width options ([1, 4, 5, 7] / 17).
+        weights = tuple(float(len(sc.width)) for sc in scaling)
+    else:
+        weights = c.number_list(data, "stage_weights", "", float) if isinstance(weights_raw, list) else None
+        if weights is None or len(weights) != len(scaling):
+            raise c.fail("stage_weights", f"must be a list of {len(scaling)} positive numbers")
+    total = sum(weights)
+    weights = tuple(w / total for w in weights)
+
+    growth = c.get(data, "growth", "", float, 2.0)
+    if growth <= 1.0:
+        raise c.fail("growth", f"must be > 1, got {growth}")
+    return SearchSpace(
+        name=name, path=path, in_channels=in_channels, num_classes=num_classes, base_resolution=base_res,
+        stem_channels=stem_ch, stem_kernel=stem_k, stem_stride=stem_s, stages=tuple(stages), ops=ops,
+        head_channels=head_ch, dropout=dropout, se_reduction=c.positive_int(data, "se_reduction", "", 4),
+        coupling=coupling, width_rounding=rounding, width_multiple=multiple,
+        resolution_step=c.positive_int(data, "resolution_step", "", 8), growth=growth,
+        scaling=tuple(scaling), stage_weights=weights, raw=data)

@@ -1,0 +1,118 @@
+"""BN recalibration and supernet accuracy: the fitness the search reports.
+
+BN for evaluation (METHOD.md §4): reset the running statistics of the subnet's path, recalibrate them on a
+fixed set of training batches at the subnet's resolution (cumulative average, train mode, no gradients), then
+evaluate in eval mode. The result does not depend on the order subnets are evaluated in.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scalenas.spaces.arch import Subnet, parse_subnet
+from scalenas.data.datasets import Split, resize_batch
+
+
+def calibration_batches(split: Split, batches: int, batch_size: int, seed: int) -> list[torch.Tensor]:
+    """A fixed, seeded set of training images for BN recalibration (same for every candidate)."""
+    g = torch.Generator().manual_seed(seed)
+    n = min(len(split), batches * batch_size)
+    idx = torch.randperm(len(split), generator=g)[:n]
+    return [split.x[idx[i:i + batch_size]] for i in range(0, n, batch_size)]
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor], resolution: int,
+                   subnet: Subnet | None = None, side: int = 0, device: str | torch.device = "cpu") -> None:
+    """Reset BN running statistics and re-estimate them on ``batches`` at ``resolution``; leave ``model`` in eval.
+
+    Works for a :class:`~scalenas.models.supernet.SuperNet` (pass ``subnet``; only the path's slices are touched) and for
+    any standalone model (every BatchNorm layer is reset).
+    """
+    from scalenas.models.supernet import SuperNet
+
+    batches = list(batches)
+    model.train()
+    if isinstance(model, SuperNet):
+        model.reset_bn_stats(subnet, side)
+        for k, xb in enumerate(batches):
+            model.bn_momentum = 1.0 / (k + 1)  # cumulative average over the calibration batches
+            model(resize_batch(xb.to(device), resolution), subnet, side)
+        model.bn_momentum = None
+    else:
+        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        saved = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average
+        for xb in batches:
+            model(resize_batch(xb.to(device), resolution))
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+    model.eval()
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, split: Split, resolution: int, subnet: Subnet | None = None, side: int = 0,
+             batch_size: int = 512, device: str | torch.device = "cpu") -> float:
+    """Top-1 of ``model`` on ``split`` at ``resolution`` (eval mode)."""
+    from scalenas.models.supernet import SuperNet
+
+    model.eval()
+    correct = 0
+    for i in range(0, len(split), batch_size):
+        xb = resize_batch(split.x[i:i + batch_size].to(device), resolution)
+        out = model(xb, subnet, side) if isinstance(model, SuperNet) else model(xb)
+        correct += int((out.argmax(1).cpu() == split.y[i:i + batch_size]).sum())
+    return correct / max(1, len(split))
+
+
+def subnet_top1(supernet, subnet: Subnet, calib: list[torch.Tensor], split: Split, side: int = 0,
+                device: str | torch.device = "cpu") -> float:
+    recalibrate_bn(supernet, calib, subnet.resolution, subnet, side, device)
+    return accuracy(supernet, split, subnet.resolution, subnet, side, device=device)
+
+
+class SupernetEvaluator:
+    """Holds a supernet and the holdout split; scores architectures (canonical JSON) by holdout top-1.
+
+    Built once per worker (Ray actor or in-process) and reused for many candidates. The split and the BN
+    calibration batches come from the training run's recorded data settings, so every worker sees the same data.
+    """
+
+    def __init__(self, checkpoint: str, calib_batches: int = 4, calib_batch_size: int = 128, device: str = "cpu",
+                 split: str = "holdout", threads: int | None = None):
+        from scalenas.train.checkpoint import checkpoint_space, load_supernet, read_checkpoint
+        from scalenas.data.datasets import load_data
+
+        if threads:
+            torch.set_num_threads(threads)
+        payload = read_checkpoint(checkpoint)
+        self.space = checkpoint_space(payload, str(checkpoint))
+        self.supernet = load_supernet(checkpoint, payload=payload).to(device)
+        cfg = payload.get("config", {})
+        data = load_data(cfg.get("data", "digits"), seed=cfg.get("data_seed", cfg.get("seed", 0)),
+                         holdout_frac=cfg.get("holdout_frac", 0.15), test_frac=cfg.get("test_frac", 0.15),
+                         in_channels=self.space.in_channels, store_size=cfg.get("store_size"))
+        if split not in ("holdout", "test"):
+            raise ValueError(split)
+        self.split = getattr(data, split)
+        self.calib = calibration_batches(data.train, calib_batches, calib_batch_size, seed=cfg.get("seed", 0))
+        self.device = device
+
+    def set_threads(self, n: int) -> None:
+        torch.set_num_threads(n)
+
+    def evaluate(self, item: str) -> dict:
+        subnet = parse_subnet(json.loads(item), self.space)
+        return {"top1": subnet_top1(self.supernet, subnet, self.calib, self.split, 0, self.device),
+                "pid": os.getpid()}
+
+
+def soft_cross_entropy(logits: torch.Tensor, soft_targets: torch.Tensor) -> torch.Tensor:
+    return -(soft_targets * F.log_softmax(logits, 1)).sum(1).mean()

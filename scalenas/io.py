@@ -54,6 +54,19 @@ def atomic_write_csv(path: str | os.PathLike, frame) -> Path:
     return _atomic(path, lambda fh: frame.to_csv(fh, index=False), "w")
 
 
+def safe_torch_load(path: str | os.PathLike, what: str = "file") -> Any:
+    """``torch.load`` that never runs code from the file (``weights_only=True``: tensors, containers, numbers,
+    strings only). Anything else -- a torn file, a foreign pickle -- is the user's problem, in one line."""
+    from scalenas.errors import ScalenasError
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling problem is a bad file for the user
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        detail = f"{type(exc).__name__}" + (f": {first}" if "weights_only" in first or "Unsupported" in first else "")
+        raise ScalenasError(f"{path}: corrupt, unreadable or unsafe {what} ({detail})") from None
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (CPU and CUDA)."""
     random.seed(seed)

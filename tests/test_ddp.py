@@ -66,13 +66,13 @@ def test_torchrun_two_processes_gloo(tmp_path, capsys):
 
 WORKER = """
 import torch, torch.distributed as dist
-from scalenas.train.supernet import _allreduce_grads
+from scalenas.train.supernet import allreduce_path_grads
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 m = torch.nn.Linear(3, 2)
 m.weight.grad = torch.full_like(m.weight, float(rank + 1))  # the bias has no gradient
-first = _allreduce_grads(m, 2, stop=rank == 1)   # only rank 1 was signalled
-second = _allreduce_grads(m, 2, stop=False)
+first = allreduce_path_grads(m, 2, stop=rank == 1)   # only rank 1 was signalled
+second = allreduce_path_grads(m, 2, stop=False)
 print(first, second, float(m.weight.grad.mean()), m.bias.grad is None)
 dist.destroy_process_group()
 """

@@ -5,6 +5,7 @@ evaluator is tested end to end elsewhere.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import warnings
@@ -15,9 +16,11 @@ import pytest
 
 from scalenas.spaces.arch import Subnet, derive_subnet
 from scalenas.errors import ScalenasError
-from scalenas.search.strategy import STRATEGIES, Candidate, SearchOptions, make_strategy, run_search
+from scalenas.search.driver import run_search
+from scalenas.search.strategies import STRATEGIES, make_strategy
+from scalenas.search.strategy import Candidate, SearchOptions
 from scalenas.spaces.flops import subnet_flops_params
-from scalenas.report.search_report import pareto_mask
+from scalenas.report.search_report import pareto_mask, write_reports
 from scalenas.spaces.space import load_space
 from scalenas.spaces.targets import stage_targets
 
@@ -204,7 +207,7 @@ def test_resume_from_state_dict_equals_uninterrupted(name):
 def test_run_search_resume_after_interrupt_equals_uninterrupted(tmp_path):
     opts = {**SMALL, "generations": 4}
     run_search(SPACE, make_strategy("markov", SPACE, TARGETS, opts), Evaluator(), tmp_path / "full", resume=False,
-               progress=False)
+               progress=False, on_generation=functools.partial(write_reports, tmp_path / "full"))
 
     class Interrupting(Evaluator):
         def __call__(self, subnets):
@@ -214,7 +217,7 @@ def test_run_search_resume_after_interrupt_equals_uninterrupted(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         run_search(SPACE, make_strategy("markov", SPACE, TARGETS, opts), Interrupting(), tmp_path / "part",
-                   resume=False, progress=False)
+                   resume=False, progress=False, on_generation=functools.partial(write_reports, tmp_path / "part"))
     saved = json.loads((tmp_path / "part" / "state.json").read_text())
     assert saved["generation"] == 2 and not saved["done"]
     with pytest.raises(ScalenasError, match="already holds a search"):
@@ -222,7 +225,7 @@ def test_run_search_resume_after_interrupt_equals_uninterrupted(tmp_path):
                    resume=False, progress=False)
     ev = Evaluator()
     best = run_search(SPACE, make_strategy("markov", SPACE, TARGETS, opts), ev, tmp_path / "part", resume=True,
-                      progress=False)
+                      progress=False, on_generation=functools.partial(write_reports, tmp_path / "part"))
     assert ev.calls == 2  # only the two missing generations were evaluated
     for name in ("pareto.csv", "family.csv"):
         pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "full" / name), pd.read_csv(tmp_path / "part" / name))
@@ -244,7 +247,7 @@ def test_resume_errors(tmp_path):
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_every_strategy_runs_and_writes_every_report(name, tmp_path):
     result = run_search(SPACE, make_strategy(name, SPACE, TARGETS, SMALL), Evaluator(), tmp_path, resume=False,
-                        progress=False)
+                        progress=False, on_generation=functools.partial(write_reports, tmp_path))
     n = SPACE.num_scaling_stages
     pareto = pd.read_csv(tmp_path / "pareto.csv")
     assert list(pareto.columns) == ["generation", "candidate", "stage", "target_flops", "flops", "params",

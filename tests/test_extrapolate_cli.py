@@ -11,7 +11,9 @@ import pytest
 
 from scalenas.spaces.arch import Subnet, read_arch
 from scalenas.cli.main import main
-from scalenas.search.strategy import make_strategy, run_search
+from scalenas.report.search_report import write_reports
+from scalenas.search.driver import run_search
+from scalenas.search.strategies import make_strategy
 from scalenas.spaces.flops import subnet_flops_params
 from scalenas.spaces.space import load_space
 from scalenas.spaces.targets import stage_targets
@@ -32,7 +34,8 @@ def score(subnets: list[Subnet]) -> list[float]:
 def make_search(folder, seed: int = 3):
     strategy = make_strategy("markov", SPACE, stage_targets(SPACE, "4.5M"),
                              dict(population=6, generations=2, elites=2, seed=seed))
-    run_search(SPACE, strategy, score, folder, progress=False)
+    run_search(SPACE, strategy, score, folder, progress=False,
+               on_generation=lambda s: write_reports(folder, s))
     return folder
 
 

@@ -1,6 +1,7 @@
 """``scalenas report``: the family table in four formats that parse back, standalone results, plots; demo inputs."""
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -11,8 +12,11 @@ import pytest
 
 from scalenas.spaces.arch import Subnet
 from scalenas.cli.main import main
-from scalenas.cli.report import COLUMNS, pick_target
-from scalenas.search.strategy import make_strategy, run_search
+from scalenas.report.family import COLUMNS
+from scalenas.spaces.targets import reachable_target as pick_target
+from scalenas.report.search_report import write_reports
+from scalenas.search.driver import run_search
+from scalenas.search.strategies import make_strategy
 from scalenas.spaces.flops import subnet_flops_params
 from scalenas.spaces.space import load_space
 from scalenas.spaces.targets import check_targets, feasible_ranges, stage_targets
@@ -36,7 +40,7 @@ def search(tmp_path_factory):
     folder = tmp_path_factory.mktemp("rep") / "run" / "search"
     strategy = make_strategy("markov", SPACE, stage_targets(SPACE, "4.5M"),
                              dict(population=6, generations=2, elites=2, seed=1))
-    run_search(SPACE, strategy, score, folder, progress=False)
+    run_search(SPACE, strategy, score, folder, progress=False, on_generation=functools.partial(write_reports, folder))
     assert main(["extrapolate", "--run", str(folder), "--steps", "2"]) == 0
     fam = pd.read_csv(folder / "family.csv")
     s1, s4 = fam.loc[fam["stage"] == 1, "arch"].iloc[0], fam.loc[fam["stage"] == 4, "arch"].iloc[0]

@@ -164,7 +164,7 @@ def test_one_ray_worker_gives_the_inprocess_results(trained_run, reference, tmp_
 
 # ---------------------------------------------------------------------------------------------- resume
 def test_resume_after_interrupt_equals_uninterrupted(trained_run, reference, tmp_path, monkeypatch, capsys):
-    from scalenas.train.evaluate import SupernetEvaluator
+    from scalenas.search.fitness import SupernetEvaluator
 
     log = pd.read_csv(reference / "search_log.csv")
     after_gen0 = int(log["evaluations"].iloc[0])

@@ -109,7 +109,7 @@ def test_resume_gives_the_uninterrupted_weights(tmp_path):
 
 
 def test_sigint_saves_and_exits_130(tmp_path, monkeypatch, capsys):
-    import scalenas.train.standalone as ts
+    import scalenas.train.loop as ts
 
     real = ts.lr_at
 
@@ -122,7 +122,7 @@ def test_sigint_saves_and_exits_130(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     assert main(["train", "--arch", json.dumps(SMALL), "--out", str(out), *FAST]) == 130
     assert "--resume" in capsys.readouterr().err
-    payload = torch.load(out / TRAIN_CKPT_NAME, weights_only=False)
+    payload = torch.load(out / TRAIN_CKPT_NAME, weights_only=True)
     assert payload["step"] == 2 and payload["finished"] is False
 
 
@@ -130,7 +130,7 @@ def test_sigint_saves_and_exits_130(tmp_path, monkeypatch, capsys):
 def test_init_supernet_copies_the_inherited_weights(tmp_path, supernet_ckpt):
     spec = build_model(json.dumps(IN_STAGE1), f"supernet:{supernet_ckpt}")
     sn = SuperNet(SPACE)
-    sn.load_state_dict(torch.load(supernet_ckpt, weights_only=False)["model"])
+    sn.load_state_dict(torch.load(supernet_ckpt, weights_only=True)["model"])
     ref = export_subnet(sn, spec.subnet, side=0).state_dict()
     got = spec.model.state_dict()
     assert spec.resolution == 18 and all(torch.equal(got[k], ref[k]) for k in ref)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from scalenas.search.strategy import make_strategy
+from scalenas.search.strategies import make_strategy
 from scalenas.spaces.space import load_space
 from scalenas.spaces.targets import stage_targets
 from scalenas.search.tune import MarkovSearcher

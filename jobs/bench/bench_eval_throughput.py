@@ -37,7 +37,7 @@ import torch  # noqa: E402
 from scalenas.spaces.arch import sample_subnet  # noqa: E402
 from scalenas.train.checkpoint import checkpoint_space, read_checkpoint, resolve_checkpoint  # noqa: E402
 from scalenas.search.strategy import built_key  # noqa: E402
-from scalenas.train.evaluate import SupernetEvaluator  # noqa: E402
+from scalenas.search.fitness import SupernetEvaluator  # noqa: E402
 from scalenas.io import atomic_write_csv  # noqa: E402
 from scalenas.search.raypool import EvaluatorPool, start_local_ray  # noqa: E402
 

@@ -7,7 +7,7 @@
 
 Every (strategy, seed) run gets the same budget of unique subnet evaluations (``SearchOptions.budget``, counted
 by built network, as the search itself counts them) and is driven by the same ask/tell loop as
-``scalenas search``. Fitness comes from ONE in-process :class:`~scalenas.train.evaluate.SupernetEvaluator` (one torch
+``scalenas search``. Fitness comes from ONE in-process :class:`~scalenas.search.fitness.SupernetEvaluator` (one torch
 thread) behind a cache keyed by the subnet's JSON, shared by every strategy and seed: fitness is deterministic,
 so a subnet that two runs both propose is scored once. Each run is still charged for every unique subnet it
 asks for (``evaluations``); ``evaluator_calls`` says how many of them actually ran. ``--cache FILE`` keeps that
@@ -45,8 +45,9 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from scalenas.train.checkpoint import checkpoint_space, read_checkpoint, resolve_checkpoint  # noqa: E402
-from scalenas.search.strategy import STRATEGIES, SearchOptions, make_strategy  # noqa: E402
-from scalenas.train.evaluate import SupernetEvaluator  # noqa: E402
+from scalenas.search.strategies import STRATEGIES, make_strategy  # noqa: E402
+from scalenas.search.strategy import SearchOptions  # noqa: E402
+from scalenas.search.fitness import SupernetEvaluator  # noqa: E402
 from scalenas.io import atomic_write_csv, atomic_write_json, atomic_write_text  # noqa: E402
 from scalenas.spaces.targets import check_targets, format_flops, stage_targets  # noqa: E402
 

@@ -3,200 +3,36 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
 from typing import Sequence
 
 from scalenas.errors import ScalenasError
 
-# Subcommands living in their own modules: each has add_parser(subparsers) and run(args) -> int.
-_MODULES = ["scalenas.cli.train_supernet", "scalenas.cli.train", "scalenas.cli.search", "scalenas.cli.extrapolate", "scalenas.cli.grow",
-            "scalenas.cli.report"]
+# One module per command (group); each has add_parser(subparsers), which sets ``func(args) -> exit code``.
+COMMANDS = ("inspect", "train_supernet", "train", "search", "extrapolate", "grow", "report", "demo")
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line on stderr and exit code 2."""
+
     def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage + error otherwise)
         sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
         raise SystemExit(2)
-
-
-def _space_arg(args: argparse.Namespace):
-    from scalenas.spaces.space import load_space
-
-    return load_space(args.space) if getattr(args, "space", None) else None
-
-
-def _read_arch(args: argparse.Namespace, allow_outside: bool = True):
-    from scalenas.spaces.arch import read_arch
-
-    return read_arch(args.arch, _space_arg(args), allow_outside=allow_outside)
-
-
-# ------------------------------------------------------------------ space show
-def cmd_space_show(args: argparse.Namespace) -> int:
-    from scalenas.spaces.arch import extreme_subnets
-    from scalenas.spaces.flops import subnet_flops_params
-    from scalenas.spaces.space import load_space
-
-    space = load_space(args.space)
-    print(f"space {space.name}  ({space.path})")
-    print(f"  input {space.in_channels}x{space.base_resolution}x{space.base_resolution}, {space.num_classes} classes,"
-          f" coupling n={space.coupling}, width rounding {space.width_rounding}"
-          + (f" {space.width_multiple}" if space.width_rounding == "multiple" else "") + f", growth {space.growth}")
-    print(f"  stem   conv{space.stem_kernel}x{space.stem_kernel} stride {space.stem_stride} -> {space.stem_channels}")
-    for i, st in enumerate(space.stages):
-        print(f"  stage {i + 1}  {st.channels:>4} ch  1..{st.max_layers} layers  stride {st.stride}  expand {st.expand}"
-              f"  ops {', '.join(st.ops)}  ({space.positions(i)} supernet positions)")
-    print(f"  head   conv1x1 -> {space.head_channels}, pool, linear -> {space.num_classes}")
-    print(f"  base networks: {space.num_base_networks():,}")
-    print("  scaling stages (FLOPs = fvcore MACs, batch 1):")
-    print(f"    {'s':>2} {'P(s)':>5}  {'depth':<18} {'width':<18} {'resolution':<14} {'min FLOPs':>12} {'max FLOPs':>12}"
-          f" {'min params':>11} {'max params':>11}")
-    for s, sc in enumerate(space.scaling):
-        small, large = extreme_subnets(space, s)
-        f0, p0 = subnet_flops_params(space, small)
-        f1, p1 = subnet_flops_params(space, large)
-        rng = lambda v: f"{v[0]}" if len(v) == 1 else f"{v[0]}..{v[-1]} ({len(v)})"  # noqa: E731
-        print(f"    {s:>2} {space.stage_weights[s]:>5.2f}  {rng(sc.depth):<18} {rng(sc.width):<18} "
-              f"{rng(sc.resolution):<14} {_fmt(f0):>12} {_fmt(f1):>12} {_fmt(p0):>11} {_fmt(p1):>11}")
-    return 0
-
-
-def _fmt(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3f}{unit}"
-    return str(int(n))
-
-
-# ------------------------------------------------------------------ sample
-def cmd_sample(args: argparse.Namespace) -> int:
-    import random
-
-    from scalenas.spaces.arch import sample_subnet
-    from scalenas.spaces.flops import subnet_flops_params
-    from scalenas.spaces.space import load_space
-
-    if args.n < 1:
-        raise ScalenasError(f"--n must be >= 1, got {args.n}")
-    space = load_space(args.space)
-    rng = random.Random(args.seed)
-    for _ in range(args.n):
-        stage, sub = sample_subnet(space, rng, stage=args.stage)
-        flops, params = subnet_flops_params(space, sub)
-        row = sub.to_dict()
-        row.update({"stage": stage, "flops": flops, "params": params})
-        print(json.dumps(row))
-    return 0
-
-
-# ------------------------------------------------------------------ flops
-def cmd_flops(args: argparse.Namespace) -> int:
-    from scalenas.spaces.arch import derive_subnet
-    from scalenas.spaces.flops import FLOPS_CONVENTION, flops_params, fvcore_flops
-    from scalenas.spaces.space import load_space
-
-    sub = _read_arch(args)
-    space = load_space(sub.space) if not args.space else _space_arg(args)
-    derived = derive_subnet(space, sub)
-    flops, params = flops_params(derived)
-    out = {"arch": sub.to_dict(), "stage": space.stage_of(sub.depth, sub.width, sub.resolution),
-           "flops": flops, "params": params, "convention": FLOPS_CONVENTION}
-    if args.check_fvcore:
-        from scalenas.models.standalone import StandaloneNet
-
-        fv = fvcore_flops(StandaloneNet(derived), derived.resolution, derived.in_channels)
-        out.update({"fvcore_flops": fv, "agree": fv == flops})
-    if args.json:
-        print(json.dumps(out))
-    else:
-        print(f"{sub.short()}  (scaling stage {out['stage'] if out['stage'] is not None else 'outside the space'})")
-        print(f"FLOPs  {flops:,} ({_fmt(flops)})   [{FLOPS_CONVENTION}]")
-        print(f"params {params:,} ({_fmt(params)})")
-        if args.check_fvcore:
-            print(f"fvcore {out['fvcore_flops']:,}  -> {'agree' if out['agree'] else 'DISAGREE'}")
-    return 0 if out.get("agree", True) else 1
-
-
-# ------------------------------------------------------------------ export
-def cmd_export(args: argparse.Namespace) -> int:
-    from scalenas.train.checkpoint import load_supernet
-    from scalenas.spaces.flops import subnet_flops_params
-    from scalenas.models.registry import save_model
-    from scalenas.spaces.space import load_space
-    from scalenas.models.standalone import StandaloneNet
-    from scalenas.models.supernet import export_subnet, fits_supernet
-
-    sub = _read_arch(args)
-    space = load_space(sub.space) if not args.space else _space_arg(args)
-    if args.supernet:
-        supernet = load_supernet(args.supernet, expect_space=space)
-        if not fits_supernet(space, sub):
-            raise ScalenasError(f"--arch {sub.short()} lies outside the supernet's scaling stages; "
-                                "export it without --supernet (fresh weights)")
-        model = export_subnet(supernet, sub, side=args.side)
-        source = f"supernet {args.supernet} (coupling side {args.side})"
-    else:
-        model = StandaloneNet.from_subnet(space, sub)
-        source = "fresh initialisation"
-    flops, params = subnet_flops_params(space, sub)
-    save_model(args.out, model, extra={"flops": flops, "source": source})
-    print(f"wrote {args.out}: {sub.short()}, {_fmt(flops)} FLOPs, {_fmt(params)} params, weights from {source}")
-    print("load it with: from scalenas.models.registry import load_model; model = load_model(PATH)")
-    return 0
 
 
 # ------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     from scalenas import __version__
 
-    p = _Parser(prog="scalenas", description="Search the model to scale: a base network and its scaling chain, "
+    p = OneLineParser(prog="scalenas", description="Search the model to scale: a base network and its scaling chain, "
                 "jointly (ScaleNet). Train a super-supernet, search a family, extrapolate it, grow models.",
                 epilog="Run 'scalenas demo' for the whole pipeline on the embedded digits data.")
     p.add_argument("--version", action="version", version=f"scalenas {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
 
-    sp = sub.add_parser("space", help="inspect search spaces")
-    spsub = sp.add_subparsers(dest="space_command", metavar="ACTION", parser_class=_Parser)
-    show = spsub.add_parser("show", help="stages, ops, scaling stages, FLOPs/params ranges of a space")
-    show.add_argument("space", help="shipped space name (digits-tiny, cifar-mbv3, scalenet-mbv3) or a YAML path")
-    show.set_defaults(func=cmd_space_show)
-    lst = spsub.add_parser("list", help="list the shipped spaces")
-    lst.set_defaults(func=lambda a: (print("\n".join(__import__("scalenas.spaces.space", fromlist=["x"]).shipped_spaces())), 0)[1])
-    sp.set_defaults(func=lambda a: (sp.print_help(), 2)[1])
-
-    sa = sub.add_parser("sample", help="random subnets as JSON lines, with flops and params")
-    sa.add_argument("--space", required=True, help="space name or YAML path")
-    sa.add_argument("--n", type=int, default=5, help="number of subnets (default 5)")
-    sa.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    sa.add_argument("--stage", type=int, default=None,
-                    help="scaling stage to sample from (default: hierarchical sampling over all stages)")
-    sa.set_defaults(func=cmd_sample)
-
-    fl = sub.add_parser("flops", help="FLOPs and params of one subnet (optionally checked against fvcore)")
-    fl.add_argument("--space", default=None, help="space (default: the one named in the JSON)")
-    fl.add_argument("--arch", required=True, help="architecture JSON file or inline JSON string")
-    fl.add_argument("--check-fvcore", action="store_true", help="also trace the model with fvcore and compare")
-    fl.add_argument("--json", action="store_true", help="print one JSON object")
-    fl.set_defaults(func=cmd_flops)
-
-    ex = sub.add_parser("export", help="build a standalone model file for a subnet")
-    ex.add_argument("--space", default=None, help="space (default: the one named in the JSON)")
-    ex.add_argument("--arch", required=True, help="architecture JSON file or inline JSON string")
-    ex.add_argument("--supernet", default=None, help="supernet checkpoint to copy weights from (else fresh init)")
-    ex.add_argument("--side", type=int, default=0, choices=(0, 1), help="coupling side of the slices (default 0)")
-    ex.add_argument("--out", required=True, help="output model file (.pt)")
-    ex.set_defaults(func=cmd_export)
-
-    for mod in _MODULES:
-        try:
-            m = importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name == mod:
-                continue
-            raise
-        m.add_parser(sub)
+    for name in COMMANDS:
+        importlib.import_module(f"scalenas.cli.{name}").add_parser(sub)
     return p
 
 

@@ -10,7 +10,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from scalenas.cli.common import add_option_flags, given
 from scalenas.errors import ScalenasError
+from scalenas.train.config import TrainConfig, load_job
+
+# TrainConfig keys that are flags of train (defaults, choices and help come from TrainConfig).
+FLAGS = ("data", "data_seed", "augment", "epochs", "steps", "batch_size", "optimizer", "lr", "schedule", "momentum",
+         "weight_decay", "warmup_steps", "label_smoothing", "dropout", "device", "amp", "threads", "seed",
+         "checkpoint_every", "log_every")
 
 
 def add_parser(sub) -> None:
@@ -20,28 +27,19 @@ def add_parser(sub) -> None:
         "cosine, label smoothing, no decay on BN/biases), then report its holdout and test top-1 (result.json). "
         "The data split follows the job's seed (data_seed), not --seed, so repeated seeds share one split. "
         "Flags override the job file (default jobs/digits.yaml).")
-    p.add_argument("--arch", default=None, help="architecture JSON (file or inline; searched or extrapolated member)"
-                   " or a model file written by scalenas (export, grow, save_model)")
+    p.add_argument("--arch", default=None, help="architecture JSON (file or inline; searched or extrapolated member),"
+                   " a model file written by scalenas (export, grow, save_model), or a model kind with a default"
+                   " configuration (vit: the default ViT)")
     p.add_argument("--init", default=None, metavar="scratch|supernet:CKPT|FILE",
                    help="initial weights: scratch (default for a JSON), supernet:CKPT (inherit from a supernet "
                    "checkpoint or run dir; the member must fit inside it) or a model file (e.g. a grown model); "
                    "a model file given as --arch starts from its own weights")
     p.add_argument("--job", default=None, help="job YAML with the recipe (default: digits)")
-    p.add_argument("--data", default=None, help="'digits', an ImageFolder dir, a CIFAR python dir or an .npz")
-    p.add_argument("--data-seed", type=int, default=None,
-                   help="seed of the train/holdout/test split (default: the job's data_seed, else its seed)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs over the train split (overrides --steps)")
-    p.add_argument("--steps", type=int, default=None, help="optimiser steps")
-    p.add_argument("--batch-size", type=int, default=None, help="batch size")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
-    p.add_argument("--dropout", type=float, default=None, help="classifier dropout of a CNN (default: the space's)")
+    add_option_flags(p, TrainConfig, FLAGS, help_overrides={
+        "data_seed": "seed of the train/holdout/test split (default: the job's data_seed, else its seed)"})
     p.add_argument("--out", default=None, help="run directory (default: results/runs/<time>-train-<name>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out (default: the most recent standalone run) from its checkpoint")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None, help="device (default auto)")
-    p.add_argument("--seed", type=int, default=None, help="seed of initialisation, data order and augmentation")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
     p.add_argument("--freeze-shared", action="store_true",
                    help="grown models: train only the adapters and per-instance norms")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -49,18 +47,14 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from scalenas.train.config import load_job
     from scalenas.train.standalone import train_standalone
 
     job = args.job if args.job is not None else "digits"
-    if args.dropout is not None and not 0.0 <= args.dropout < 1.0:
-        raise ScalenasError(f"--dropout must be in [0, 1), got {args.dropout}")
     data_seed = args.data_seed
     if data_seed is None:  # the split follows the job, so --seed 1, 2, 3 train on the same split
         job_cfg = load_job(job)
         data_seed = job_cfg.data_seed if job_cfg.data_seed is not None else job_cfg.seed
-    overrides = {k: getattr(args, k) for k in ("data", "epochs", "steps", "batch_size", "lr", "device", "seed",
-                                                "threads", "checkpoint_every", "dropout")}
+    overrides = given(args, FLAGS)
     overrides["data_seed"] = data_seed
     cfg = load_job(job, overrides)
     out = Path(args.out) if args.out else None

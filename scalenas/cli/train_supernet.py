@@ -4,7 +4,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from scalenas.cli.common import add_option_flags, given
 from scalenas.errors import ScalenasError
+from scalenas.train.config import TrainConfig, load_job
+
+# TrainConfig keys that are flags of train-supernet (defaults, choices and help come from TrainConfig).
+FLAGS = ("space", "data", "data_seed", "store_size", "augment", "epochs", "steps", "batch_size", "optimizer", "lr",
+         "schedule", "momentum", "weight_decay", "warmup_steps", "label_smoothing", "sampling", "sandwich",
+         "inplace_distill", "device", "amp", "threads", "seed", "checkpoint_every", "log_every", "bn_calib_batches",
+         "panel_random")
 
 
 def add_parser(sub) -> None:
@@ -14,39 +22,19 @@ def add_parser(sub) -> None:
                        "Flags override the job file; the resolved config is written to the run directory.")
     p.add_argument("--job", default=None, help="job YAML (path, or a name in jobs/: digits, cifar10, imagenet); "
                    "default: jobs/digits.yaml")
-    p.add_argument("--space", default=None, help="search space name or YAML path")
-    p.add_argument("--data", default=None, help="'digits', an ImageFolder dir, a CIFAR python dir or an .npz")
-    p.add_argument("--store-size", type=int, default=None,
-                   help="store images once at this size (ImageFolder default 32; others keep their own size)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs over the train split (overrides --steps)")
-    p.add_argument("--steps", type=int, default=None, help="optimiser steps")
-    p.add_argument("--batch-size", type=int, default=None, help="batch size per process")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
-    p.add_argument("--sampling", choices=("hierarchical", "uniform"), default=None,
-                   help="path sampling: hierarchical (paper, default) or uniform (ablation)")
-    p.add_argument("--sandwich", action="store_true", default=None, help="BigNAS sandwich rule")
-    p.add_argument("--inplace-distill", action="store_true", default=None,
-                   help="in-place distillation from the largest path (needs --sandwich)")
+    add_option_flags(p, TrainConfig, FLAGS)
     p.add_argument("--out", default=None, help="run directory (default: a new folder under results/runs/)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out (default: the most recent run) from its checkpoint")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None, help="device (default auto)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (python, numpy, torch, sampler, data order)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from scalenas.train.config import load_job
     from scalenas.train.supernet import train_supernet
 
     job = args.job if args.job is not None else "digits"
-    overrides = {k: getattr(args, k) for k in ("space", "data", "store_size", "epochs", "steps", "batch_size", "lr", "sampling",
-                                                "sandwich", "inplace_distill", "device", "seed", "threads",
-                                                "checkpoint_every")}
-    cfg = load_job(job, overrides)
+    cfg = load_job(job, given(args, FLAGS))
     out = Path(args.out) if args.out else None
     if args.resume and out is not None and not out.is_dir():
         raise ScalenasError(f"--resume: run directory {out} does not exist")

@@ -117,11 +117,25 @@ def _get(d: dict, key: str) -> Any:
     return d.get(key)
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Admits only what CIFAR "python version" batches hold: dicts, lists, bytes, strings, numbers and numpy
+    arrays. Any other global (a callable that would run on load) is refused, so a crafted file runs nothing."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
+
+
 def _unpickle(path: Path) -> dict:
-    # The CIFAR "python version" is a pickle by definition; only load files you trust (as with any pickle).
+    # The CIFAR "python version" is a pickle by definition: read it with an unpickler that admits only data.
     try:
         with open(path, "rb") as fh:
-            obj = pickle.load(fh, encoding="bytes")
+            obj = _CifarUnpickler(fh, encoding="bytes").load()
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad input file
         raise ScalenasError(f"data file {path}: not a readable CIFAR pickle ({_one_line(exc)})") from None
     if not isinstance(obj, dict):

@@ -45,7 +45,7 @@ Saving
     records the original kind + config and the grow plan, so ``modelio.save_model`` / ``load_model`` round
     trip it and the loaded model shares exactly the same tensors. A grown *user-defined* model cannot be
     rebuilt from a config: save the whole module with ``torch.save(grown, path)`` (pickling keeps the
-    sharing) and load it with ``torch.load(path, weights_only=False)``.
+    sharing) and load it with ``torch.load(path, weights_only=True)``.
 
 Training
     ``grown.parameters()`` yields every shared tensor once, so optimisers work unchanged; gradients of a

@@ -11,11 +11,10 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from torch import nn
 
 from scalenas.errors import ScalenasError
-from scalenas.io import atomic_torch_save
+from scalenas.io import atomic_torch_save, safe_torch_load
 
 MODEL_FORMAT = "scalenas-model/1"
 _KINDS: dict[str, type] = {}
@@ -31,8 +30,22 @@ def register_model(kind: str) -> Callable[[type], type]:
 
 
 def model_kinds() -> list[str]:
+    """The registered model kinds (``cnn``, ``grown``, ``vit``, ...)."""
     _import_builtin_kinds()
     return sorted(_KINDS)
+
+
+def list_kinds() -> list[str]:
+    """Alias of :func:`model_kinds` (the registry's public lookup)."""
+    return model_kinds()
+
+
+def model_class(kind: str, where: str = "model") -> type:
+    """The class registered under ``kind``; a clear error naming ``where`` for an unknown kind."""
+    _import_builtin_kinds()
+    if kind not in _KINDS:
+        raise ScalenasError(f"{where}: unknown model kind {kind!r} (known: {', '.join(sorted(_KINDS))})")
+    return _KINDS[kind]
 
 
 def _import_builtin_kinds() -> None:
@@ -63,10 +76,7 @@ def load_model_file(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ScalenasError(f"model file not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unpickling problem is a bad file for the user
-        raise ScalenasError(f"{path}: not a readable model file ({type(exc).__name__})") from None
+    payload = safe_torch_load(path, "model file")
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         raise ScalenasError(f"{path}: not a scalenas model file (no format {MODEL_FORMAT!r})")
     return payload
@@ -75,11 +85,7 @@ def load_model_file(path: str | os.PathLike) -> dict[str, Any]:
 def load_model(path: str | os.PathLike) -> nn.Module:
     """Rebuild a model saved by :func:`save_model` and load its weights."""
     payload = load_model_file(path)
-    _import_builtin_kinds()
-    kind = payload.get("kind")
-    if kind not in _KINDS:
-        raise ScalenasError(f"{path}: unknown model kind {kind!r} (known: {', '.join(sorted(_KINDS))})")
-    model = _KINDS[kind].from_config(payload["config"])
+    model = model_class(payload.get("kind"), str(path)).from_config(payload.get("config"))
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:

@@ -4,7 +4,7 @@ Each Tune trial evaluates ONE subnet: :meth:`MarkovSearcher.suggest` hands out t
 subnets one at a time (``config["arch"]`` is the subnet JSON, ``config["stage"]`` its scaling stage), and
 :meth:`MarkovSearcher.on_trial_complete` feeds ``result[metric]`` back to the strategy. When every subnet of a
 generation is in, the strategy breeds the next one; until then ``suggest`` returns None (Tune asks again
-later). The strategy's budget, deduplication and cache are the same as with :func:`scalenas.search.strategy.run_search`.
+later). The strategy's budget, deduplication and cache are the same as with :func:`scalenas.search.driver.run_search`.
 
 ``save``/``restore`` store the whole strategy state as JSON (plus the trials still running), so a restored Tune
 experiment continues the same search instead of silently starting a new one.

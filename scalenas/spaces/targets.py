@@ -151,3 +151,18 @@ def check_targets(space: SearchSpace, targets: list[int], tol: float) -> None:
     if bad:
         raise ScalenasError(f"FLOPs targets unreachable in space {space.name!r} at stage(s) "
                             f"{', '.join(map(str, bad))} with tolerance {tol:g}: " + "; ".join(lines))
+
+
+def reachable_target(space, tolerance: float = 0.1) -> int:
+    """A top-stage FLOPs target every stage can reach: the top stage's midpoint, else a scan of its range."""
+    lo, hi = feasible_ranges(space)[-1]
+    candidates = [(lo + hi) / 2, math.sqrt(lo * hi)]
+    candidates += [lo * (hi / lo) ** (k / 20) for k in range(1, 20)]
+    for t in candidates:
+        try:
+            check_targets(space, stage_targets(space, str(int(t))), tolerance)
+            return int(t)
+        except ScalenasError:
+            continue
+    raise ScalenasError(f"space {space.name!r}: no top-stage target between {lo} and {hi} FLOPs is reachable by "
+                        f"every stage at growth {space.growth}")

@@ -5,14 +5,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from scalenas.errors import ScalenasError
-from scalenas.io import atomic_torch_save
+from scalenas.io import atomic_torch_save, safe_torch_load
+from scalenas.runs import SUPERNET_CKPT
 from scalenas.spaces.space import SearchSpace, load_space, space_from_dict
 
 CKPT_FORMAT = "scalenas-supernet/1"
-CKPT_NAME = "checkpoint.pt"
+CKPT_NAME = SUPERNET_CKPT
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
@@ -33,10 +33,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint dict, refusing files that are not scalenas supernet checkpoints."""
     p = resolve_checkpoint(path)
-    try:
-        payload = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - truncated/corrupt file: a user problem, not a bug
-        raise ScalenasError(f"{p}: corrupt or unreadable checkpoint ({type(exc).__name__})") from None
+    payload = safe_torch_load(p, "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != CKPT_FORMAT:
         raise ScalenasError(f"{p}: not a scalenas supernet checkpoint (format {CKPT_FORMAT!r} expected)")
     for key in ("space", "space_yaml", "model"):

@@ -12,110 +12,82 @@ from typing import Any
 import yaml
 
 from scalenas.errors import ScalenasError
+from scalenas.options import check_options, check_value, coerce_option, option
 from scalenas.resources import JOBS, shipped_dir
+from scalenas.train.optim import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, OPTIMIZERS, SCHEDULES
 
 JOBS_DIR = shipped_dir(JOBS)  # the shipped job files (package data)
 
 
 @dataclass
 class TrainConfig:
+    """One training recipe: supernet (``train-supernet``) and standalone (``train``) training share it."""
+
     # what to train on
-    space: str = "digits-tiny"          # search space name or YAML path (supernet training)
-    data: str = "digits"                # "digits" | ImageFolder dir | CIFAR python dir | .npz file
-    data_seed: int | None = None        # seed of the train/holdout/test split (default: seed)
-    holdout_frac: float = 0.15          # share of the data held out for the search's fitness
-    test_frac: float = 0.15             # share kept for final reports only
-    store_size: int | None = None       # images stored once at this size, resized per batch (None: native)
-    augment: bool = True                # random 1-2 px shifts (no flips: digits change meaning)
+    space: str = option("digits-tiny", "search space name or YAML path (supernet training)")
+    data: str = option("digits", "'digits', an ImageFolder dir, a CIFAR python dir or an .npz file")
+    data_seed: int | None = option(None, "seed of the train/holdout/test split (None: the seed)")
+    holdout_frac: float = option(0.15, "share of the data held out for the search's fitness", min=0.0, max=1.0,
+                                 max_open=True)
+    test_frac: float = option(0.15, "share kept for final reports only", min=0.0, max=1.0, max_open=True)
+    store_size: int | None = option(None, "store images once at this size, resized per batch (None: native; "
+                                    "ImageFolder: 32)", min=1)
+    augment: bool = option(True, "random 1-2 px shifts (no flips: digits change meaning)")
     # how long
-    epochs: int | None = None           # passes over the train split (overrides steps when given)
-    steps: int | None = 800             # optimiser steps
-    batch_size: int = 128               # per process
-    # the recipe: SGD + Nesterov, linear warm-up + cosine, label smoothing, no decay on BN and biases
-    lr: float = 0.2
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 4e-5
-    warmup_steps: int = 50
-    label_smoothing: float = 0.1
-    # supernet sampling (METHOD.md §4)
-    sampling: str = "hierarchical"      # "hierarchical" (paper) | "uniform" (ablation: flat over all triples)
-    sandwich: bool = False              # BigNAS sandwich rule: largest + smallest + random of the drawn stage
-    inplace_distill: bool = False       # smaller paths learn the largest path's soft predictions (with sandwich)
+    epochs: int | None = option(None, "passes over the train split (overrides steps)", min=1)
+    steps: int | None = option(800, "optimiser steps", min=1)
+    batch_size: int = option(128, "batch size per process", min=1)
+    # the recipe: linear warm-up then the schedule, label smoothing, no decay on BN parameters and biases
+    optimizer: str = option("sgd", "sgd (Nesterov momentum, L2 decay) or adamw (decoupled decay)",
+                            choices=OPTIMIZERS)
+    lr: float | None = option(None, "peak learning rate (None: 0.2 for sgd, 3e-3 for adamw)", min=0.0,
+                              min_open=True)
+    schedule: str = option("cosine", "learning-rate schedule after the warm-up", choices=SCHEDULES)
+    momentum: float = option(0.9, "SGD momentum", min=0.0, max=1.0, max_open=True)
+    nesterov: bool = option(True, "Nesterov momentum (SGD)")
+    weight_decay: float | None = option(None, "weight decay (None: 4e-5 for sgd, 0.05 for adamw)", min=0.0)
+    warmup_steps: int = option(50, "linear warm-up steps", min=0)
+    label_smoothing: float = option(0.1, "label smoothing of the cross-entropy", min=0.0, max=1.0, max_open=True)
+    # supernet sampling
+    sampling: str = option("hierarchical", "path sampling: hierarchical (paper) or uniform (ablation: flat over "
+                           "all (d, w, r))", choices=("hierarchical", "uniform"))
+    sandwich: bool = option(False, "BigNAS sandwich rule: largest + smallest + random path of the drawn stage")
+    inplace_distill: bool = option(False, "smaller paths learn the largest path's soft predictions (needs "
+                                   "sandwich)")
     # hardware
-    device: str = "auto"                # auto | cpu | cuda
-    amp: str = "bf16"                   # bf16 | fp16 | off (CUDA only)
-    channels_last: bool = True          # CUDA only
-    threads: int | None = None          # torch CPU threads (None: torch default)
-    seed: int = 0
+    device: str = option("auto", "training device", choices=("auto", "cpu", "cuda"))
+    amp: str = option("bf16", "mixed precision on CUDA", choices=("bf16", "fp16", "off"))
+    channels_last: bool = option(True, "channels_last memory format on CUDA")
+    threads: int | None = option(None, "torch CPU threads (None: torch's default)", min=1)
+    seed: int = option(0, "seed of python, numpy, torch, the path sampler and the data order")
     # bookkeeping
-    checkpoint_every: int = 200         # steps between atomic checkpoints (and one at the end)
-    log_every: int = 10                 # steps between train_log.csv rows
-    bn_calib_batches: int = 4           # training batches for BN recalibration before evaluation
-    panel_random: int = 4               # random subnets in the end-of-training panel (besides the extremes)
+    checkpoint_every: int = option(200, "steps between atomic checkpoints (and one at the end)", min=1)
+    log_every: int = option(10, "steps between train_log.csv rows", min=1)
+    bn_calib_batches: int = option(4, "training batches for BN recalibration before evaluation", min=1)
+    panel_random: int = option(4, "random subnets in the end-of-training panel (besides the extremes)", min=0)
     # standalone training (`scalenas train`) only
-    arch: str | None = None             # architecture JSON or model file (set by the train command)
-    dropout: float | None = None        # classifier dropout of standalone models (None: the space's)
-    notes: str = ""
+    arch: str | None = option(None, "architecture JSON or model file (set by the train command)", flag=False)
+    dropout: float | None = option(None, "classifier dropout of a standalone CNN (None: the space's)", min=0.0,
+                                   max=1.0, max_open=True)
+    notes: str = option("", "free text kept with the run", flag=False)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-_CHOICES = {"sampling": ("hierarchical", "uniform"), "device": ("auto", "cpu", "cuda"),
-            "amp": ("bf16", "fp16", "off")}
-
-
 def validate(cfg: TrainConfig, where: str = "config") -> TrainConfig:
-    """Check every invariant once, with a message that names the key."""
-    def bad(key: str, msg: str) -> ScalenasError:
-        return ScalenasError(f"{where}: {key}: {msg}")
-
-    for key, choices in _CHOICES.items():
-        if getattr(cfg, key) not in choices:
-            raise bad(key, f"must be one of {', '.join(choices)}, got {getattr(cfg, key)!r}")
-    if cfg.epochs is not None and cfg.epochs <= 0:
-        raise bad("epochs", f"must be a positive number of epochs, got {cfg.epochs}")
-    if cfg.epochs is None and (cfg.steps is None or cfg.steps <= 0):
-        raise bad("steps", f"must be a positive number of steps, got {cfg.steps}")
-    for key in ("batch_size", "checkpoint_every", "log_every", "bn_calib_batches"):
-        if getattr(cfg, key) <= 0:
-            raise bad(key, f"must be >= 1, got {getattr(cfg, key)}")
-    if cfg.lr <= 0:
-        raise bad("lr", f"must be > 0, got {cfg.lr}")
-    for key in ("momentum", "label_smoothing", "holdout_frac", "test_frac"):
-        if not 0.0 <= getattr(cfg, key) < 1.0:
-            raise bad(key, f"must be in [0, 1), got {getattr(cfg, key)}")
-    if cfg.weight_decay < 0 or cfg.warmup_steps < 0 or cfg.panel_random < 0:
-        raise bad("weight_decay/warmup_steps/panel_random", "must be >= 0")
+    """Check every key (type, finiteness, choices, range) and the rules between keys; fill the
+    optimiser-dependent defaults (lr, weight_decay)."""
+    check_options(cfg, where)
+    if cfg.epochs is None and cfg.steps is None:
+        raise ScalenasError(f"{where}: steps: give steps or epochs")
     if cfg.inplace_distill and not cfg.sandwich:
-        raise bad("inplace_distill", "needs sandwich: true (the largest path is the teacher)")
+        raise ScalenasError(f"{where}: inplace_distill: needs sandwich: true (the largest path is the teacher)")
+    if cfg.lr is None:
+        cfg.lr = DEFAULT_LR[cfg.optimizer]
+    if cfg.weight_decay is None:
+        cfg.weight_decay = DEFAULT_WEIGHT_DECAY[cfg.optimizer]
     return cfg
-
-
-def _coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
-    typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-    if value is None:
-        if "None" in typ:
-            return None
-        raise ScalenasError(f"{where}: {f.name}: must not be empty")
-    if typ.startswith("bool"):
-        if not isinstance(value, bool):
-            raise ScalenasError(f"{where}: {f.name}: expected true/false, got {value!r}")
-        return value
-    if typ.startswith("int"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ScalenasError(f"{where}: {f.name}: expected an integer, got {value!r}")
-        return value
-    if typ.startswith("float"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ScalenasError(f"{where}: {f.name}: expected a number, got {value!r}")
-        return float(value)
-    if typ.startswith("str"):
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ScalenasError(f"{where}: {f.name}: expected a string, got {value!r}")
-        return str(value)
-    return value
 
 
 def resolve_job_path(job: str) -> Path:
@@ -144,13 +116,15 @@ def load_job(job: str | None, overrides: dict[str, Any] | None = None) -> TrainC
             raise ScalenasError(f"{path}: expected a mapping of config keys")
         for k, v in data.items():
             if k not in known:
-                raise ScalenasError(f"{path}: {k}: unknown key (see scalenas/config.py TrainConfig)")
-            setattr(cfg, k, _coerce(known[k], v, str(path)))
+                raise ScalenasError(f"{path}: {k}: unknown key (the keys are TrainConfig's fields, see docs/method.md)")
+            setattr(cfg, k, coerce_option(known[k], v, str(path)))
         if "epochs" in data and "steps" not in data:
             cfg.steps = None
     for k, v in (overrides or {}).items():
         if v is not None:
-            setattr(cfg, k, _coerce(known[k], v, f"--{k.replace('_', '-')}"))
+            flag = f"--{k.replace('_', '-')}"
+            check_value(known[k], v, where, flag)
+            setattr(cfg, k, coerce_option(known[k], v, where, flag))
             if k == "epochs":
                 cfg.steps = None
             if k == "steps":

@@ -6,15 +6,13 @@ evaluate in eval mode. The result does not depend on the order subnets are evalu
 """
 from __future__ import annotations
 
-import json
-import os
 from typing import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scalenas.spaces.arch import Subnet, parse_subnet
+from scalenas.spaces.arch import Subnet
 from scalenas.data.datasets import Split, resize_batch
 
 
@@ -76,42 +74,6 @@ def subnet_top1(supernet, subnet: Subnet, calib: list[torch.Tensor], split: Spli
                 device: str | torch.device = "cpu") -> float:
     recalibrate_bn(supernet, calib, subnet.resolution, subnet, side, device)
     return accuracy(supernet, split, subnet.resolution, subnet, side, device=device)
-
-
-class SupernetEvaluator:
-    """Holds a supernet and the holdout split; scores architectures (canonical JSON) by holdout top-1.
-
-    Built once per worker (Ray actor or in-process) and reused for many candidates. The split and the BN
-    calibration batches come from the training run's recorded data settings, so every worker sees the same data.
-    """
-
-    def __init__(self, checkpoint: str, calib_batches: int = 4, calib_batch_size: int = 128, device: str = "cpu",
-                 split: str = "holdout", threads: int | None = None):
-        from scalenas.train.checkpoint import checkpoint_space, load_supernet, read_checkpoint
-        from scalenas.data.datasets import load_data
-
-        if threads:
-            torch.set_num_threads(threads)
-        payload = read_checkpoint(checkpoint)
-        self.space = checkpoint_space(payload, str(checkpoint))
-        self.supernet = load_supernet(checkpoint, payload=payload).to(device)
-        cfg = payload.get("config", {})
-        data = load_data(cfg.get("data", "digits"), seed=cfg.get("data_seed", cfg.get("seed", 0)),
-                         holdout_frac=cfg.get("holdout_frac", 0.15), test_frac=cfg.get("test_frac", 0.15),
-                         in_channels=self.space.in_channels, store_size=cfg.get("store_size"))
-        if split not in ("holdout", "test"):
-            raise ValueError(split)
-        self.split = getattr(data, split)
-        self.calib = calibration_batches(data.train, calib_batches, calib_batch_size, seed=cfg.get("seed", 0))
-        self.device = device
-
-    def set_threads(self, n: int) -> None:
-        torch.set_num_threads(n)
-
-    def evaluate(self, item: str) -> dict:
-        subnet = parse_subnet(json.loads(item), self.space)
-        return {"top1": subnet_top1(self.supernet, subnet, self.calib, self.split, 0, self.device),
-                "pid": os.getpid()}
 
 
 def soft_cross_entropy(logits: torch.Tensor, soft_targets: torch.Tensor) -> torch.Tensor:

@@ -24,32 +24,29 @@ from __future__ import annotations
 
 import json
 import re
-import signal
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from scalenas.spaces.arch import Subnet, derive_subnet, read_arch
-from scalenas.train.config import TrainConfig, dump_config
 from scalenas.data.datasets import BatchIterator, load_data, resize_batch
 from scalenas.errors import ScalenasError
-from scalenas.train.evaluate import accuracy
+from scalenas.io import atomic_torch_save, atomic_write_json, atomic_write_text, safe_torch_load, seed_everything
+from scalenas.models.registry import load_model, model_class, model_kinds, save_model
+from scalenas.runs import RUNS_DIR, STANDALONE_CKPT, latest_run, new_run_dir
+from scalenas.spaces.arch import Subnet, derive_subnet, read_arch
 from scalenas.spaces.flops import FLOPS_CONVENTION, count_params, fvcore_flops, subnet_flops_params
-from scalenas.io import atomic_torch_save, atomic_write_csv, atomic_write_json, atomic_write_text, seed_everything
-from scalenas.models.registry import load_model, model_kinds, save_model
-from scalenas.train.optim import lr_at, param_groups
 from scalenas.spaces.space import SearchSpace, load_space
-from scalenas.train.supernet import new_run_dir
+from scalenas.train.config import TrainConfig, dump_config
+from scalenas.train.evaluate import accuracy
+from scalenas.train.loop import LoopState, Precision, StepResult, common_payload, resolve_device, restore, run_loop, \
+    total_steps
+from scalenas.train.optim import make_optimizer
 
-TRAIN_CKPT_NAME = "train_checkpoint.pt"
+TRAIN_CKPT_NAME = STANDALONE_CKPT
 TRAIN_CKPT_FORMAT = "scalenas-train/1"
 RESULT_NAME = "result.json"
 
@@ -149,7 +146,19 @@ def build_model(arch: str | None, init: str | None, seed: int = 0, dropout: floa
         raise ScalenasError("--arch is required (an architecture JSON or a model file) unless --init is a model file")
     seed_everything(seed)  # fresh initialisations are seeded
     spec: ModelSpec
-    if arch is not None and _is_json_text(arch):
+    if arch is not None and arch in model_kinds() and not Path(arch).exists():
+        # A model kind by name: its default configuration (e.g. ``--arch vit``: the default ViT), fresh weights.
+        try:
+            model = model_class(arch).from_config({})
+        except (ScalenasError, TypeError, KeyError, AttributeError):
+            raise ScalenasError(f"--arch {arch}: this model kind has no default configuration; give an "
+                                "architecture JSON or a model file") from None
+        if init is not None and init != "scratch":
+            raise ScalenasError(f"--arch {arch} (a default model) starts from scratch; drop --init {init}")
+        spec = describe_model(model, arch, "scratch (fresh initialisation, default configuration)")
+        if dropout is not None:
+            _set_dropout(spec.model, dropout)
+    elif arch is not None and _is_json_text(arch):
         from scalenas.models.standalone import StandaloneNet
 
         sub = read_arch(arch, None, allow_outside=True)
@@ -221,8 +230,6 @@ def model_flops_params(spec: ModelSpec) -> tuple[int | None, int]:
 
 # ------------------------------------------------------------------------------------------ run folders
 def latest_train_run() -> Path:
-    from scalenas.train.supernet import RUNS_DIR, latest_run
-
     return latest_run(TRAIN_CKPT_NAME, f"--resume: no standalone training run under {RUNS_DIR}/ "
                                        f"(none holds {TRAIN_CKPT_NAME})")
 
@@ -230,28 +237,52 @@ def latest_train_run() -> Path:
 def read_train_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ScalenasError(f"--resume: nothing to resume in {path.parent} (no {TRAIN_CKPT_NAME})")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - a torn/corrupt file is a user problem
-        raise ScalenasError(f"{path}: corrupt or unreadable checkpoint ({type(exc).__name__})") from None
+    payload = safe_torch_load(path, "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != TRAIN_CKPT_FORMAT:
         raise ScalenasError(f"{path}: not a scalenas standalone training checkpoint ({TRAIN_CKPT_FORMAT!r})")
+    for key in ("model_kind", "model_config", "model", "optimizer", "step", "config"):
+        if key not in payload:
+            raise ScalenasError(f"{path}: checkpoint lacks field {key!r}")
     return payload
 
 
-def _rebuild(payload: dict[str, Any]) -> ModelSpec:
-    from scalenas.models.registry import _KINDS, _import_builtin_kinds  # noqa: PLC2701 - same package
-
-    _import_builtin_kinds()
-    kind = payload["model_kind"]
-    if kind not in _KINDS:
-        raise ScalenasError(f"checkpoint model kind {kind!r} is unknown")
-    model = _KINDS[kind].from_config(payload["model_config"])
-    model.load_state_dict(payload["model"])
+def _rebuild(payload: dict[str, Any], path: Path) -> ModelSpec:
+    model = model_class(payload["model_kind"], str(path)).from_config(payload["model_config"])
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ScalenasError(f"{path}: weights do not fit the model config: {first}") from None
     return describe_model(model, payload.get("name", "model"), payload.get("init", ""))
 
 
 # ------------------------------------------------------------------------------------------ training
+class StandaloneStep:
+    """One plain optimiser step of a standalone model at its own resolution."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, resolution: int, cfg: TrainConfig,
+                 precision: Precision):
+        self.model, self.optimizer, self.resolution, self.cfg, self.precision = \
+            model, optimizer, resolution, cfg, precision
+
+    def __call__(self, xb: torch.Tensor, yb: torch.Tensor, stop: bool) -> StepResult:
+        x = self.precision.prepare(resize_batch(xb, self.resolution))
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.precision.autocast():
+            out = self.model(x)
+            loss = F.cross_entropy(out.float(), yb, label_smoothing=self.cfg.label_smoothing)
+        self.precision.backward(loss)
+        self.precision.step(self.optimizer)
+        return StepResult(float(loss.detach()), int((out.detach().argmax(1) == yb).sum()), len(yb), stop)
+
+    def state_dict(self) -> Any:
+        return None
+
+    def load_state_dict(self, state: Any) -> None:
+        pass
+
+
 def train_standalone(cfg: TrainConfig, arch: str | None = None, init: str | None = None,
                      out_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
                      stop_after: int | None = None, freeze_shared: bool = False) -> dict[str, Any]:
@@ -259,8 +290,6 @@ def train_standalone(cfg: TrainConfig, arch: str | None = None, init: str | None
 
     ``stop_after`` simulates an interruption after that many steps (checkpoint saved, ``finished`` False).
     """
-    from scalenas.train.supernet import _install_signal_handlers, _Stop, resolve_device, total_steps
-
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -273,12 +302,13 @@ def train_standalone(cfg: TrainConfig, arch: str | None = None, init: str | None
         saved = payload.get("config", {})
         # The run's own recipe wins on resume, so the weights match an uninterrupted run.
         cfg = TrainConfig(**{**cfg.to_dict(), **{k: v for k, v in saved.items() if k in cfg.to_dict()}})
-        spec = _rebuild(payload)
+        spec = _rebuild(payload, out_dir / TRAIN_CKPT_NAME)
     else:
         spec = build_model(arch, init, cfg.seed, cfg.dropout, freeze_shared)
         out_dir = Path(out_dir) if out_dir is not None else new_run_dir(f"train-{spec.name}")
         if (out_dir / TRAIN_CKPT_NAME).exists():
             raise ScalenasError(f"{out_dir} already holds a training run; use --resume or another --out")
+    out_dir = Path(out_dir)
     data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
     data = load_data(cfg.data, seed=data_seed, holdout_frac=cfg.holdout_frac, test_frac=cfg.test_frac,
                      in_channels=spec.in_channels, store_size=cfg.store_size)
@@ -287,129 +317,56 @@ def train_standalone(cfg: TrainConfig, arch: str | None = None, init: str | None
                             "outputs")
 
     seed_everything(cfg.seed)
+    precision = Precision(cfg, device, channels_last=spec.kind != "vit")
     model = spec.model.to(device)
-    cuda = device.type == "cuda"
-    if cuda and cfg.channels_last and spec.kind != "vit":
+    if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    groups = [g for g in param_groups(model, cfg.weight_decay) if g["params"]]
-    if not groups:
-        raise ScalenasError("the model has no trainable parameters")
-    opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                          weight_decay=cfg.weight_decay)
+    opt = make_optimizer(cfg.optimizer, model, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                         nesterov=cfg.nesterov)
     batches = BatchIterator(data.train, cfg.batch_size, seed=cfg.seed, augment=cfg.augment)
+    step_obj = StandaloneStep(model, opt, spec.resolution, cfg, precision)
     total = total_steps(cfg, batches.steps_per_epoch)
-    step = 0
-    log_rows: list[dict] = []
-    train_seconds = 0.0
+    state = LoopState()
     if payload is not None:
-        opt.load_state_dict(payload["optimizer"])
-        batches.load_state_dict(payload["data"])
-        torch.set_rng_state(payload["torch_rng"])
-        step = int(payload["step"])
-        train_seconds = float(payload.get("train_seconds", 0.0))
-        log_path = out_dir / "train_log.csv"
-        if log_path.is_file():
-            log_rows = [r for r in pd.read_csv(log_path).to_dict("records") if r["step"] <= step]
-    scaler = torch.amp.GradScaler("cuda") if cuda and cfg.amp == "fp16" else None
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
-    use_amp = cuda and amp_dtype is not None
+        state = restore(payload, step_obj, batches, out_dir, str(out_dir / TRAIN_CKPT_NAME))
     flops, params = model_flops_params(spec)
+    cfg_record = {**cfg.to_dict(), "data_seed": data_seed}
 
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "config.yaml", dump_config(cfg))
     data.save_info(out_dir / "split.json")
     atomic_write_json(out_dir / "arch.json", spec.arch_record())
 
-    def checkpoint(finished: bool) -> None:
+    def save(finished: bool) -> None:
         atomic_torch_save(out_dir / TRAIN_CKPT_NAME, {
             "format": TRAIN_CKPT_FORMAT, "model_kind": spec.kind, "model_config": model.to_config(),
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "data": batches.state_dict(),
-            "torch_rng": torch.get_rng_state(), "step": step, "total_steps": total, "finished": finished,
-            "config": {**cfg.to_dict(), "data_seed": data_seed}, "name": spec.name, "init": spec.init,
-            "train_seconds": train_seconds})
-        if log_rows:
-            atomic_write_csv(out_dir / "train_log.csv", pd.DataFrame(log_rows))
+            **common_payload(step_obj, batches, state, total, finished, cfg_record),
+            "name": spec.name, "init": spec.init})
 
-    old_handlers = _install_signal_handlers()
-    _Stop.requested = False
-    bar = tqdm(total=total, initial=step, disable=not progress, dynamic_ncols=True, desc=f"train {spec.name}",
-               unit="step")
-    t_last, imgs_since, loss_sum, correct, seen = time.perf_counter(), 0, 0.0, 0, 0
-    t_start = time.perf_counter()
-    interrupted = False
-    try:
-        while step < total:
-            lr = lr_at(step, total, cfg.lr, cfg.warmup_steps)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            xb, yb = next(batches)
-            x = resize_batch(xb.to(device, non_blocking=True), spec.resolution)
-            yb = yb.to(device, non_blocking=True)
-            if cuda and cfg.channels_last and spec.kind != "vit":
-                x = x.contiguous(memory_format=torch.channels_last)
-            model.train()
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=use_amp):
-                out = model(x)
-                loss = F.cross_entropy(out.float(), yb, label_smoothing=cfg.label_smoothing)
-            if scaler:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
-            step += 1
-            loss_sum += float(loss.detach()) * len(yb)
-            correct += int((out.detach().argmax(1) == yb).sum())
-            seen += len(yb)
-            imgs_since += len(yb)
-            if step % cfg.log_every == 0 or step == total:
-                now = time.perf_counter()
-                ips = imgs_since / max(1e-9, now - t_last)
-                row = {"step": step, "epoch": batches.epoch, "lr": lr, "loss": loss_sum / max(1, seen),
-                       "train_top1": correct / max(1, seen), "images_per_s": ips}
-                log_rows.append(row)
-                bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['train_top1']:.3f}", lr=f"{lr:.4f}",
-                                img_s=f"{ips:.0f}")
-                t_last, imgs_since, loss_sum, correct, seen = now, 0, 0.0, 0, 0
-            bar.update(1)
-            if step % cfg.checkpoint_every == 0 and step < total:
-                now = time.perf_counter()
-                train_seconds, t_start = train_seconds + now - t_start, now
-                checkpoint(False)
-            if _Stop.requested or (stop_after is not None and step >= stop_after and step < total):
-                interrupted = True
-                break
-    finally:
-        bar.close()
-        for sig, h in old_handlers.items():
-            signal.signal(sig, h)
-    train_seconds += time.perf_counter() - t_start
-    checkpoint(not interrupted)
-    summary: dict[str, Any] = {"out_dir": str(out_dir), "step": step, "total_steps": total,
-                               "finished": not interrupted}
-    if interrupted:
-        sys.stderr.write(f"interrupted at step {step}/{total}; checkpoint saved in {out_dir}. "
-                         f"Continue with: scalenas train --resume --out {out_dir}\n")
+    finished = run_loop(step_obj, batches, cfg, total=total, device=device, out_dir=out_dir, state=state,
+                        save_checkpoint=save, progress=progress, desc=f"train {spec.name}",
+                        stop_after=stop_after, resume_hint="scalenas train --resume")
+    summary: dict[str, Any] = {"out_dir": str(out_dir), "step": state.step, "total_steps": total,
+                               "finished": finished}
+    if not finished:
         return summary
 
     holdout = accuracy(model, data.holdout, spec.resolution, device=device)
     test = accuracy(model, data.test, spec.resolution, device=device)
     model_cpu = model.to("cpu")
-    if cuda:
+    if precision.channels_last:
         model_cpu = model_cpu.to(memory_format=torch.contiguous_format)
     result = {
         "name": spec.name, "kind": spec.kind, "arch": spec.arch_record(),
         "arch_json": spec.subnet.to_json() if spec.kind == "cnn" and spec.subnet is not None else None,
         "space": spec.space.name if spec.space is not None else None, "init": spec.init,
         "resolution": spec.resolution, "flops": flops, "params": params, "flops_convention": FLOPS_CONVENTION,
-        "steps": total, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed, "data": cfg.data,
-        "data_seed": data_seed, "frozen_shared": bool(getattr(model, "plan", {}).get("frozen_shared", False))
-        if spec.kind == "grown" else False,
+        "steps": total, "batch_size": cfg.batch_size, "optimizer": cfg.optimizer, "lr": cfg.lr, "seed": cfg.seed,
+        "data": cfg.data, "data_seed": data_seed, "frozen_shared": bool(getattr(model, "plan", {}).get(
+            "frozen_shared", False)) if spec.kind == "grown" else False,
         "holdout_top1": round(holdout, 6), "test_top1": round(test, 6),
         "holdout_size": len(data.holdout), "test_size": len(data.test),
-        "train_seconds": round(train_seconds, 2), "device": str(device),
+        "train_seconds": round(state.train_seconds, 2), "device": str(device),
         "final_model": str(out_dir / "final.pt"),
     }
     save_model(out_dir / "final.pt", model_cpu, extra={"flops": flops, "source": spec.init,

@@ -10,10 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,75 +18,25 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from tqdm import tqdm
 
+from scalenas.errors import ScalenasError
+from scalenas.io import atomic_write_csv, atomic_write_json, atomic_write_text, seed_everything
+from scalenas.models.supernet import SuperNet
+from scalenas.runs import latest_run, new_run_dir
 from scalenas.spaces.arch import Subnet, extreme_subnets, sample_base, sample_subnet
+from scalenas.spaces.flops import subnet_flops_params
+from scalenas.spaces.space import SearchSpace, load_space, space_from_dict
+from scalenas.data.datasets import BatchIterator, DataSplits, load_data, resize_batch
 from scalenas.train.checkpoint import CKPT_NAME, checkpoint_space, read_checkpoint, save_checkpoint
 from scalenas.train.config import TrainConfig, dump_config
-from scalenas.data.datasets import BatchIterator, DataSplits, load_data, resize_batch
-from scalenas.errors import ScalenasError
 from scalenas.train.evaluate import calibration_batches, soft_cross_entropy, subnet_top1
-from scalenas.spaces.flops import subnet_flops_params
-from scalenas.io import atomic_write_csv, atomic_write_json, atomic_write_text, seed_everything
-from scalenas.train.optim import PathSGD, lr_at, masks_from_record, param_groups
-from scalenas.spaces.space import SearchSpace, load_space
-from scalenas.models.supernet import SuperNet
+from scalenas.train.loop import (DistInfo, LoopState, Precision, StepResult, common_payload, init_distributed,
+                                 resolve_device, restore, run_loop, total_steps)
+from scalenas.train.optim import make_optimizer, masks_from_record
 
-RUNS_DIR = Path("results") / "runs"
 # Debug hook (tests of multi-process runs): when set, every process appends one JSON line per step to
 # "<value>.rank<R>.jsonl" with the step's stage, coupling side, subnets and the sum of all parameters after it.
 DEBUG_ENV = "SCALENAS_DEBUG_STEPS"
-
-
-# ------------------------------------------------------------------------------- environment
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: torch.device) -> DistInfo:
-    """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, NCCL on CUDA)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ScalenasError("--device cuda: no CUDA device is available (use --device cpu)")
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
-def new_run_dir(label: str) -> Path:
-    """A new, not yet existing folder ``results/runs/<time>-<label>`` (suffixed -1, -2, ... on a clash)."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = RUNS_DIR / f"{stamp}-{label}"
-    path, k = base, 1
-    while path.exists():
-        path = Path(f"{base}-{k}")
-        k += 1
-    return path
-
-
-def latest_run(kind_file: str = CKPT_NAME, missing: str | None = None) -> Path:
-    """The most recently modified run folder holding ``kind_file``; ``missing`` is the error when there is none."""
-    runs = sorted((p for p in RUNS_DIR.glob("*") if (p / kind_file).is_file()), key=lambda p: p.stat().st_mtime)
-    if not runs:
-        raise ScalenasError(missing or f"no run found under {RUNS_DIR}/ holding {kind_file} "
-                            "(train one with scalenas train-supernet)")
-    return runs[-1]
 
 
 # ------------------------------------------------------------------------------- sampling
@@ -141,31 +88,57 @@ def panel_subnets(space: SearchSpace, n_random: int, seed: int) -> list[tuple[st
     return out
 
 
+# ------------------------------------------------------------------------------- the supernet step
+class SupernetStep:
+    """One supernet optimiser step: draw the path(s), forward/backward each, all-reduce, masked update."""
+
+    def __init__(self, model: SuperNet, optimizer, sampler: PathSampler, cfg: TrainConfig, precision: Precision,
+                 dinfo: DistInfo, debug_path: str | None = None):
+        self.model, self.optimizer, self.sampler, self.cfg = model, optimizer, sampler, cfg
+        self.precision, self.dinfo, self.debug_path = precision, dinfo, debug_path
+        self.steps = 0
+
+    def __call__(self, xb: torch.Tensor, yb: torch.Tensor, stop: bool) -> StepResult:
+        cfg, model, prec = self.cfg, self.model, self.precision
+        stage, subnets, side = self.sampler.draw()
+        model.train()
+        model.record = []
+        self.optimizer.zero_grad(set_to_none=True)
+        teacher = None
+        loss_v, correct = 0.0, 0
+        for k, sub in enumerate(subnets):
+            x = prec.prepare(resize_batch(xb, sub.resolution))
+            with prec.autocast():
+                out = model(x, sub, side)
+                if teacher is not None:
+                    loss = soft_cross_entropy(out.float(), teacher)
+                else:
+                    loss = F.cross_entropy(out.float(), yb, label_smoothing=cfg.label_smoothing)
+            if k == 0 and cfg.inplace_distill:
+                teacher = F.softmax(out.detach().float(), 1)
+            prec.backward(loss)
+            if k == len(subnets) - 1 or not cfg.sandwich:
+                loss_v = float(loss.detach())
+                correct = int((out.argmax(1) == yb).sum())
+        # Every process stops after the same step: the stop flag travels with the gradients.
+        if self.dinfo.world > 1:
+            stop = allreduce_path_grads(model, self.dinfo.world, stop)
+        self.optimizer.set_masks(masks_from_record(model.record))
+        model.record = None
+        prec.step(self.optimizer)
+        self.steps += 1
+        if self.debug_path:
+            _debug_step(self.debug_path, self.dinfo.rank, self.steps, stage, side, subnets, model)
+        return StepResult(loss_v, correct, len(yb), stop, {"stage": stage, "resolution": subnets[-1].resolution})
+
+    def state_dict(self) -> Any:
+        return self.sampler.state()
+
+    def load_state_dict(self, state: Any) -> None:
+        self.sampler.load(state)
+
+
 # ------------------------------------------------------------------------------- the trainer
-class _Stop:
-    requested = False
-    signum = 0
-
-
-def _install_signal_handlers() -> dict:
-    old = {}
-
-    def handler(signum, frame):  # noqa: ARG001
-        _Stop.requested = True
-        _Stop.signum = signum
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            old[sig] = signal.signal(sig, handler)
-        except ValueError:  # not the main thread (e.g. inside a test runner thread)
-            pass
-    return old
-
-
-def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
-    return cfg.epochs * steps_per_epoch if cfg.epochs is not None else int(cfg.steps)
-
-
 def train_supernet(cfg: TrainConfig, out_dir: Path | None = None, resume: bool = False,
                    progress: bool = True, stop_after: int | None = None, *,
                    space_from_checkpoint: bool = False) -> dict[str, Any]:
@@ -176,9 +149,7 @@ def train_supernet(cfg: TrainConfig, out_dir: Path | None = None, resume: bool =
     """
     wall_start = time.perf_counter()
     space = None if (resume and space_from_checkpoint) else load_space(cfg.space)
-    device_pref = torch.device("cuda") if cfg.device == "cuda" else torch.device("cpu")
-    dinfo = init_distributed(device_pref if cfg.device != "auto" else
-                             (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")))
+    dinfo = init_distributed(cfg.device)
     device = resolve_device(cfg.device, dinfo.local_rank)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -187,7 +158,7 @@ def train_supernet(cfg: TrainConfig, out_dir: Path | None = None, resume: bool =
     payload = None
     if resume:
         if out_dir is None:
-            out_dir = latest_run()
+            out_dir = latest_run(CKPT_NAME)
         ckpt_path = Path(out_dir) / CKPT_NAME
         if not ckpt_path.is_file():
             raise ScalenasError(f"--resume: nothing to resume in {out_dir} (no {CKPT_NAME})")
@@ -204,6 +175,7 @@ def train_supernet(cfg: TrainConfig, out_dir: Path | None = None, resume: bool =
         out_dir = Path(out_dir) if out_dir is not None else new_run_dir(Path(cfg.space).stem)
         if (out_dir / CKPT_NAME).exists():
             raise ScalenasError(f"{out_dir} already holds a checkpoint; use --resume or another --out")
+    out_dir = Path(out_dir)
     data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
     data = load_data(cfg.data, seed=data_seed, holdout_frac=cfg.holdout_frac, test_frac=cfg.test_frac,
                      in_channels=space.in_channels, store_size=cfg.store_size)
@@ -211,130 +183,40 @@ def train_supernet(cfg: TrainConfig, out_dir: Path | None = None, resume: bool =
         space = _space_with_classes(space, data.num_classes)
 
     seed_everything(cfg.seed)
+    precision = Precision(cfg, device)
     model = SuperNet(space).to(device)
-    if device.type == "cuda" and cfg.channels_last:
+    if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = PathSGD(param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum,
-                  nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(cfg.optimizer, model, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                         nesterov=cfg.nesterov, path_masked=True)
     batches = BatchIterator(data.train, cfg.batch_size, seed=cfg.seed, rank=dinfo.rank, world_size=dinfo.world,
                             augment=cfg.augment)
-    sampler = PathSampler(space, cfg, cfg.seed)
+    step_obj = SupernetStep(model, opt, PathSampler(space, cfg, cfg.seed), cfg, precision, dinfo,
+                            os.environ.get(DEBUG_ENV))
     total = total_steps(cfg, batches.steps_per_epoch)
-    step = 0
-    log_rows: list[dict] = []
+    state = LoopState()
     if payload is not None:
-        try:
-            model.load_state_dict(payload["model"])
-            opt.load_state_dict(payload["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ScalenasError(f"{ckpt_path}: weights do not fit space {space.name!r}: {first}") from None
-        sampler.load(payload["sampler"])
-        batches.load_state_dict(payload["data"])
-        torch.set_rng_state(payload["torch_rng"])
-        step = int(payload["step"])
-        log_path = Path(out_dir) / "train_log.csv"
-        if log_path.is_file():
-            log_rows = pd.read_csv(log_path).to_dict("records")
-            log_rows = [r for r in log_rows if r["step"] <= step]
-    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg.amp == "fp16" else None
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
-    use_amp = device.type == "cuda" and amp_dtype is not None
-    debug_path = os.environ.get(DEBUG_ENV)
+        state = restore(payload, step_obj, batches, out_dir, str(ckpt_path))
+        step_obj.steps = state.step
+    cfg_record = {**cfg.to_dict(), "data_seed": data_seed}
 
     if dinfo.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "config.yaml", dump_config(cfg))
         data.save_info(out_dir / "split.json")
 
-    def checkpoint(finished: bool) -> None:
-        if not dinfo.main:
-            return
+    def save(finished: bool) -> None:
         save_checkpoint(out_dir / CKPT_NAME, {
-            "space": space.name, "space_path": space.path, "space_yaml": space.raw, "model": model.state_dict(),
-            "optimizer": opt.state_dict(), "sampler": sampler.state(), "data": batches.state_dict(),
-            "torch_rng": torch.get_rng_state(), "step": step, "total_steps": total, "finished": finished,
-            "config": {**cfg.to_dict(), "data_seed": data_seed}, "num_classes": data.num_classes})
-        if log_rows:
-            atomic_write_csv(out_dir / "train_log.csv", pd.DataFrame(log_rows))
+            "space": space.name, "space_path": space.path, "space_yaml": space.raw,
+            **common_payload(step_obj, batches, state, total, finished, cfg_record),
+            "num_classes": data.num_classes})
 
-    old_handlers = _install_signal_handlers()
-    _Stop.requested = False
-    bar = tqdm(total=total, initial=step, disable=not (progress and dinfo.main), dynamic_ncols=True,
-               desc="train-supernet", unit="step")
-    t_last, imgs_since, loss_sum, correct, seen = time.perf_counter(), 0, 0.0, 0, 0
-    interrupted = False
-    try:
-        while step < total:
-            lr = lr_at(step, total, cfg.lr, cfg.warmup_steps)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            stage, subnets, side = sampler.draw()
-            xb, yb = next(batches)
-            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-            model.train()
-            model.record = []
-            opt.zero_grad(set_to_none=True)
-            teacher = None
-            for k, sub in enumerate(subnets):
-                x = resize_batch(xb, sub.resolution)
-                if device.type == "cuda" and cfg.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=use_amp):
-                    out = model(x, sub, side)
-                    if teacher is not None:
-                        loss = soft_cross_entropy(out.float(), teacher)
-                    else:
-                        loss = F.cross_entropy(out.float(), yb, label_smoothing=cfg.label_smoothing)
-                if k == 0 and cfg.inplace_distill:
-                    teacher = F.softmax(out.detach().float(), 1)
-                (scaler.scale(loss) if scaler else loss).backward()
-                if k == len(subnets) - 1 or not cfg.sandwich:
-                    loss_sum += float(loss.detach()) * len(yb)
-                    correct += int((out.argmax(1) == yb).sum())
-                    seen += len(yb)
-            # Every process stops after the same step: the stop flag travels with the gradients.
-            stop_now = _Stop.requested
-            if dinfo.world > 1:
-                stop_now = _allreduce_grads(model, dinfo.world, stop_now)
-            opt.set_masks(masks_from_record(model.record))
-            model.record = None
-            if scaler:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            step += 1
-            if debug_path:
-                _debug_step(debug_path, dinfo.rank, step, stage, side, subnets, model)
-            imgs_since += len(yb) * dinfo.world
-            if step % cfg.log_every == 0 or step == total:
-                now = time.perf_counter()
-                ips = imgs_since / max(1e-9, now - t_last)
-                row = {"step": step, "epoch": batches.epoch, "lr": lr, "loss": loss_sum / max(1, seen),
-                       "train_top1": correct / max(1, seen), "images_per_s": ips, "stage": stage,
-                       "resolution": subnets[-1].resolution}
-                log_rows.append(row)
-                bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['train_top1']:.3f}", lr=f"{lr:.4f}",
-                                img_s=f"{ips:.0f}")
-                t_last, imgs_since, loss_sum, correct, seen = now, 0, 0.0, 0, 0
-            bar.update(1)
-            if step % cfg.checkpoint_every == 0 and step < total:
-                checkpoint(False)
-            if stop_now or (stop_after is not None and step >= stop_after):
-                interrupted = step < total  # a stop on the very last step is a finished run
-                break
-    finally:
-        bar.close()
-        for sig, h in old_handlers.items():
-            signal.signal(sig, h)
-    checkpoint(not interrupted)
-    summary: dict[str, Any] = {"out_dir": str(out_dir), "step": step, "total_steps": total,
-                               "finished": not interrupted}
-    if interrupted:
-        if dinfo.main:
-            sys.stderr.write(f"interrupted at step {step}/{total}; checkpoint saved in {out_dir}. "
-                             f"Continue with: scalenas train-supernet --resume --out {out_dir}\n")
+    finished = run_loop(step_obj, batches, cfg, total=total, device=device, out_dir=out_dir, state=state,
+                        save_checkpoint=save, dinfo=dinfo, progress=progress, desc="train-supernet",
+                        stop_after=stop_after, resume_hint="scalenas train-supernet --resume")
+    summary: dict[str, Any] = {"out_dir": str(out_dir), "step": state.step, "total_steps": total,
+                               "finished": finished}
+    if not finished:
         return summary
     if dinfo.main:
         panel = evaluate_panel(model, space, data, cfg, device)
@@ -342,23 +224,20 @@ def train_supernet(cfg: TrainConfig, out_dir: Path | None = None, resume: bool =
         summary["panel"] = panel
         # Wall time and panel of this invocation (a resumed run records only its own part).
         atomic_write_json(out_dir / "run_summary.json", {
-            "space": space.name, "steps": step, "total_steps": total, "resumed": resume,
+            "space": space.name, "steps": state.step, "total_steps": total, "resumed": resume,
             "wall_s": round(time.perf_counter() - wall_start, 1), "threads": torch.get_num_threads(),
             "panel_mean_holdout_top1": float(panel["holdout_top1"].mean()),
             "panel_min_holdout_top1": float(panel["holdout_top1"].min())})
     return summary
 
-
 def _space_with_classes(space: SearchSpace, classes: int) -> SearchSpace:
     """The space with the data's number of classes (the classifier size follows the data)."""
-    from scalenas.spaces.space import space_from_dict
-
     raw = dict(space.raw)
     raw["num_classes"] = classes
     return space_from_dict(raw, space.path)
 
 
-def _allreduce_grads(model: SuperNet, world: int, stop: bool = False) -> bool:
+def allreduce_path_grads(model: SuperNet, world: int, stop: bool = False) -> bool:
     """Average the path's gradients over processes: one flat all-reduce (every rank used the same path).
 
     A stop request (signal) of any process rides along as one extra element; returns True on every process

@@ -1,0 +1,340 @@
+"""The family of a search as a table and plots, and its extrapolated members written into the search folder.
+
+Library side of ``scalenas report`` and ``scalenas extrapolate`` (the CLI modules only parse and print):
+
+* :func:`read_search` / :func:`search_space`: a finished search's ``best.json`` (+ ``chain.json``) and space;
+* :func:`extrapolate_search`: ``member_s{S+k}.json`` files, ``kind = extrapolated`` rows in ``family.csv`` and
+  ``extrapolation.json`` (re-running replaces the previous extrapolated rows and member files);
+* :func:`family_table` / :func:`render` / :func:`report`: searched + extrapolated members with supernet top-1
+  and standalone top-1 where trained (``standalone.csv`` in the search folder, or ``result.json`` files of
+  ``scalenas train`` runs whose architecture is the member's); ``pareto.png`` and ``family.png``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from scalenas.errors import ScalenasError
+from scalenas.io import atomic_write_bytes, atomic_write_csv, atomic_write_json
+from scalenas.report.search_report import FAMILY_COLUMNS, family_frame, finish_plot, plot_pareto
+from scalenas.runs import RUNS_DIR, find_search_dir
+from scalenas.search.extrapolate import extrapolate
+from scalenas.spaces.arch import parse_subnet
+from scalenas.spaces.flops import FLOPS_CONVENTION
+from scalenas.spaces.space import load_space
+from scalenas.spaces.targets import format_flops
+from scalenas.train.checkpoint import checkpoint_space, read_checkpoint
+from scalenas.train.standalone import find_results
+
+FORMATS = ("table", "csv", "markdown", "json")
+COLUMNS = ["stage", "kind", "flops", "params", "resolution", "depth_mult", "width_mult", "supernet_top1",
+           "standalone_top1", "standalone_test_top1", "standalone_runs", "arch"]
+
+
+# ------------------------------------------------------------------------------------------ a finished search
+def read_search(folder: Path, require_done: bool = True) -> dict[str, Any]:
+    """best.json (+ chain.json) of a finished search, validated; raises ScalenasError otherwise."""
+    try:
+        best = json.loads((folder / "best.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ScalenasError(f"{folder}/best.json: unreadable ({type(exc).__name__})") from None
+    state_path = folder / "state.json"
+    if require_done and state_path.is_file():
+        try:
+            done = bool(json.loads(state_path.read_text()).get("done"))
+        except (OSError, json.JSONDecodeError):
+            done = False
+        if not done:
+            raise ScalenasError(f"the search in {folder} is not finished; continue it with "
+                                f"scalenas search --resume --out {folder}")
+    if not isinstance(best, dict) or not best.get("base") or not isinstance(best.get("chain"), list) \
+            or not best["chain"]:
+        raise ScalenasError(f"{folder}/best.json holds no complete family (base and chain); the search found none")
+    chain_path = folder / "chain.json"
+    chain_doc = None
+    if chain_path.is_file():
+        try:
+            chain_doc = json.loads(chain_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            raise ScalenasError(f"{chain_path}: malformed JSON") from None
+    chain = chain_doc["chain"] if isinstance(chain_doc, dict) and chain_doc.get("chain") else best["chain"]
+    try:
+        triples = [(float(x["depth"]), float(x["width"]), int(x["resolution"])) for x in chain]
+    except (KeyError, TypeError, ValueError):
+        raise ScalenasError(f"{folder}: chain entries need depth, width and resolution") from None
+    return {"best": best, "chain": triples, "chain_doc": chain_doc}
+
+
+def search_space(folder: Path, best: dict[str, Any]):
+    """The space of a search: by name, else the one stored in the search's supernet checkpoint."""
+    try:
+        return load_space(best["space"])
+    except (ScalenasError, KeyError, TypeError):
+        pass
+    try:
+        ckpt = json.loads((folder / "search_config.json").read_text())["supernet"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        raise ScalenasError(f"{folder}: space {best.get('space')!r} not found and no search_config.json naming "
+                            "the supernet") from None
+    return checkpoint_space(read_checkpoint(ckpt), ckpt)
+
+
+def default_growth(best: dict[str, Any], space) -> float:
+    targets = best.get("targets") or []
+    if len(targets) >= 2 and targets[-2] > 0:
+        return round(float(targets[-1]) / float(targets[-2]), 4)
+    return float(space.growth)
+
+
+# ------------------------------------------------------------------------------------------ the command
+def extrapolate_search(folder: Path, steps: int, growth: float | None = None,
+                       tolerance: float | None = None) -> dict[str, Any]:
+    """Extrapolate the family of the search in ``folder`` and write the files; returns extrapolation.json."""
+
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ScalenasError(f"--steps must be an integer >= 1, got {steps!r}")
+    if growth is not None and (not math.isfinite(growth) or not growth > 1.0):
+        raise ScalenasError(f"--growth must be a number > 1, got {growth!r}")
+    found = read_search(folder)
+    best, chain = found["best"], found["chain"]
+    space = search_space(folder, best)
+    growth = default_growth(best, space) if growth is None else float(growth)
+    if not growth > 1.0:
+        raise ScalenasError(f"growth must be > 1; the search's targets give {growth} (pass --growth)")
+    tol = float(best.get("tolerance") or 0.1) if tolerance is None else float(tolerance)
+    base = best["base"]
+    members = extrapolate(space, base, chain, steps, growth=growth, tolerance=tol)
+
+    # member files: write the new ones, then drop stale ones from an earlier, longer extrapolation
+    written = []
+    for m in members:
+        arch = json.loads(m["arch"])
+        arch.update({"stage": m["stage"], "kind": "extrapolated", "flops": m["flops"], "params": m["params"],
+                     "target_flops": m["target_flops"]})
+        path = folder / f"member_s{m['stage']}.json"
+        atomic_write_json(path, arch)
+        written.append(path.name)
+        m["file"] = path.name
+    for old in folder.glob("member_s*.json"):
+        if old.name not in written:
+            old.unlink()
+
+    fam_path = folder / "family.csv"
+    if fam_path.is_file():
+        fam = pd.read_csv(fam_path)
+        if "kind" not in fam.columns:
+            fam["kind"] = "searched"
+        fam = fam[fam["kind"].fillna("searched") != "extrapolated"]
+    else:
+        fam = family_frame(best)
+    new_rows = pd.DataFrame([{k: m.get(k) for k in FAMILY_COLUMNS} for m in members], columns=FAMILY_COLUMNS)
+    new_rows["top1"] = float("nan")
+    cols = list(dict.fromkeys(list(FAMILY_COLUMNS) + list(fam.columns)))
+    frames = [f.reindex(columns=cols) for f in (fam, new_rows) if not f.empty]
+    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+    atomic_write_csv(fam_path, out)
+
+    last_flops = None
+    family = best.get("family") or []
+    if family:
+        last_flops = family[-1].get("flops")
+    doc = {
+        "space": space.name, "strategy": best.get("strategy"), "search": str(folder),
+        "base": base, "chain": [{"depth": d, "width": w, "resolution": r} for d, w, r in chain],
+        "growth": growth, "tolerance": tol, "steps": steps,
+        "direction": members[0]["direction"] if members else None,
+        "direction_note": "unit vector in (log depth, log width, log resolution), weighted toward the last steps",
+        "start": {"stage": len(chain), "flops": last_flops},
+        "members": [{k: m[k] for k in ("stage", "step", "target_flops", "flops", "params", "resolution",
+                                       "depth_mult", "width_mult", "flops_ratio", "step_length",
+                                       "within_tolerance", "arch", "file")} for m in members],
+        "step_lengths": [m["step_length"] for m in members],
+        "flops_ratios": [m["flops_ratio"] for m in members],
+        "flops_convention": FLOPS_CONVENTION,
+        "evaluated": False,
+        "note": "extrapolated members lie outside the supernet: train them standalone (scalenas train --arch "
+                "FILE) or grow a trained smaller member (scalenas grow)",
+    }
+    atomic_write_json(folder / "extrapolation.json", doc)
+    return doc
+
+
+
+# ------------------------------------------------------------------------------------------ the family table
+def _canonical(arch: Any, space) -> str | None:
+    """Canonical subnet JSON (or None when it does not parse in ``space``)."""
+    try:
+        obj = json.loads(arch) if isinstance(arch, str) else arch
+        return parse_subnet(obj, space, allow_outside=True).to_json()
+    except (ScalenasError, json.JSONDecodeError, TypeError, ValueError):
+        return None
+
+
+def standalone_results(folder: Path, space) -> dict[str, dict[str, Any]]:
+    """canonical arch JSON -> {holdout_top1, test_top1, runs}: standalone.csv rows and result.json files."""
+    rows: list[dict[str, Any]] = []
+    seen_dirs: set[Path] = set()
+    sa = folder / "standalone.csv"
+    if sa.is_file():
+        frame = pd.read_csv(sa)
+        if "arch" in frame.columns and "holdout_top1" in frame.columns:
+            for r in frame.to_dict("records"):
+                rows.append({"arch": r["arch"], "holdout_top1": r.get("holdout_top1"),
+                             "test_top1": r.get("test_top1")})
+                if isinstance(r.get("run_dir"), str):  # the same model's result.json is not counted twice
+                    seen_dirs.add(Path(r["run_dir"]).resolve())
+    for root in (RUNS_DIR, folder, folder.parent):
+        if not root.is_dir():
+            continue
+        for res in find_results(root):
+            d = Path(res["run_dir"]).resolve()
+            if d in seen_dirs or not res.get("arch_json"):
+                continue
+            seen_dirs.add(d)
+            rows.append({"arch": res["arch_json"], "holdout_top1": res.get("holdout_top1"),
+                         "test_top1": res.get("test_top1")})
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        key = _canonical(r["arch"], space)
+        if key is None:
+            continue
+        acc = out.setdefault(key, {"holdout": [], "test": []})
+        for name, col in (("holdout", "holdout_top1"), ("test", "test_top1")):
+            v = r.get(col)
+            if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                acc[name].append(float(v))
+    return {k: {"holdout_top1": sum(v["holdout"]) / len(v["holdout"]) if v["holdout"] else None,
+                "test_top1": sum(v["test"]) / len(v["test"]) if v["test"] else None,
+                "runs": max(len(v["holdout"]), len(v["test"]))} for k, v in out.items()}
+
+
+def family_table(folder: Path):
+    """The family of the search in ``folder`` as a DataFrame with :data:`COLUMNS`."""
+    found = read_search(folder, require_done=False)
+    space = search_space(folder, found["best"])
+    fam_path = folder / "family.csv"
+    if fam_path.is_file():
+        fam = pd.read_csv(fam_path)
+    else:
+        fam = family_frame(found["best"])
+    if "kind" not in fam.columns:
+        fam["kind"] = "searched"
+    fam["kind"] = fam["kind"].fillna("searched")
+    trained = standalone_results(folder, space)
+    rows = []
+    for r in fam.to_dict("records"):
+        key = _canonical(r.get("arch"), space)
+        sa = trained.get(key, {}) if key else {}
+        top1 = r.get("top1")
+        rows.append({"stage": int(r["stage"]), "kind": r["kind"], "flops": int(r["flops"]),
+                     "params": int(r["params"]), "resolution": int(r["resolution"]),
+                     "depth_mult": float(r["depth_mult"]), "width_mult": float(r["width_mult"]),
+                     "supernet_top1": None if top1 is None or pd.isna(top1) else float(top1),
+                     "standalone_top1": sa.get("holdout_top1"), "standalone_test_top1": sa.get("test_top1"),
+                     "standalone_runs": sa.get("runs", 0), "arch": key or r.get("arch")})
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    return frame.sort_values(["stage"], kind="stable").reset_index(drop=True)
+
+
+def _display(frame):
+    """Human-readable copy (no arch): FLOPs/params with units, top-1 with 4 decimals, '-' for missing."""
+    show = frame.drop(columns=["arch"]).copy().astype(object)
+    show["flops"] = [format_flops(v) for v in frame["flops"]]
+    show["params"] = [format_flops(v) for v in frame["params"]]
+    show["depth_mult"] = [f"{v:.4g}" for v in frame["depth_mult"]]
+    show["width_mult"] = [f"{v:.4g}" for v in frame["width_mult"]]
+    for col in ("supernet_top1", "standalone_top1", "standalone_test_top1"):
+        show[col] = ["-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+                     for v in frame[col]]
+    return show
+
+
+def to_markdown(frame) -> str:
+    """A GitHub markdown table, written by hand (tabulate is not a dependency)."""
+    show = _display(frame)
+    cols = list(show.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for r in show.itertuples(index=False):
+        lines.append("| " + " | ".join(str(v).replace("|", "\\|") for v in r) + " |")
+    return "\n".join(lines)
+
+
+def render(frame, fmt: str) -> str:
+    if fmt == "csv":
+        return frame.to_csv(index=False).rstrip("\n")
+    if fmt == "json":
+        records = json.loads(frame.to_json(orient="records", double_precision=15))
+        return json.dumps(records, indent=1)
+    if fmt == "markdown":
+        return to_markdown(frame)
+    return _display(frame).to_string(index=False)
+
+
+# ------------------------------------------------------------------------------------------ plots
+def plot_family(frame, title: str) -> bytes:
+    """PNG bytes: top-1 vs FLOPs (log-x) of the family; extrapolated members marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.12, top=0.92)
+    try:
+        searched = frame[frame["kind"] != "extrapolated"]
+        extra = frame[frame["kind"] == "extrapolated"]
+        sn = searched.dropna(subset=["supernet_top1"])
+        if not sn.empty:
+            ax.plot(sn["flops"], sn["supernet_top1"], "k-*", markersize=11, label="searched: supernet top-1")
+        sa = frame.dropna(subset=["standalone_top1"])
+        if not sa.empty:
+            ax.plot(sa["flops"], sa["standalone_top1"], "o-", color="tab:blue", label="standalone top-1")
+            sx = sa[sa["kind"] == "extrapolated"]
+            if not sx.empty:
+                ax.plot(sx["flops"], sx["standalone_top1"], "D", color="tab:red", markersize=9,
+                        label="extrapolated: standalone top-1")
+        for k, r in enumerate(extra.itertuples(index=False)):
+            ax.axvline(r.flops, color="tab:red", linestyle="--", alpha=0.5,
+                       label="extrapolated member (FLOPs)" if k == 0 else None)
+            ax.text(r.flops, 0.5, f"s{r.stage} extrapolated", transform=ax.get_xaxis_transform(), rotation=90,
+                    fontsize=8, color="tab:red", ha="right", va="center")
+        for r in searched.itertuples(index=False):
+            ax.annotate(f"s{r.stage}", (r.flops, 0.02), xycoords=("data", "axes fraction"), fontsize=8,
+                        color="0.3", ha="center", va="bottom")
+        if not frame.empty:
+            ax.set_xscale("log")
+            lo, hi = float(frame["flops"].min()), float(frame["flops"].max())
+            ax.set_xlim(lo / 1.4, hi * 1.4)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="lower right")
+        return finish_plot(fig, ax, title, "top-1")
+    finally:
+        plt.close(fig)
+
+
+def write_plots(folder: Path, frame) -> list[Path]:
+    best = json.loads((folder / "best.json").read_text())
+    name = f"{best.get('space', '?')}: {best.get('strategy', '?')} search"
+    paths = []
+    if (folder / "pareto.csv").is_file():
+        pareto = pd.read_csv(folder / "pareto.csv")
+        fam = family_frame(best)
+        paths.append(atomic_write_bytes(folder / "pareto.png", plot_pareto(pareto, fam, name)))
+    paths.append(atomic_write_bytes(folder / "family.png", plot_family(frame, f"{name}: family")))
+    return paths
+
+
+def report(run_dir: str | None, fmt: str = "table", plots: bool = True) -> tuple[str, list[Path], Path]:
+    """(rendered table, plot paths, search folder)."""
+    if fmt not in FORMATS:
+        raise ScalenasError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
+    folder = find_search_dir(run_dir)
+    frame = family_table(folder)
+    paths = write_plots(folder, frame) if plots else []
+    return render(frame, fmt), paths, folder
+
+

@@ -1,0 +1,145 @@
+"""A whole search over a trained supernet: inputs, targets, the Ray evaluation pool and the driver.
+
+``scalenas search`` and ``scalenas demo`` both call :func:`search_supernet`; they pass the report writer as
+``on_generation`` (the search layer never writes reports itself).
+"""
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from scalenas.errors import ScalenasError
+from scalenas.io import atomic_write_json
+from scalenas.options import check_options, option
+from scalenas.runs import SUPERNET_CKPT, latest_run
+from scalenas.search.driver import run_search
+from scalenas.search.fitness import SupernetEvaluator
+from scalenas.search.raypool import EvaluatorPool, default_workers
+from scalenas.search.strategies import make_strategy, strategy_names
+from scalenas.search.strategy import SearchOptions, Strategy
+from scalenas.spaces.flops import FLOPS_CONVENTION
+from scalenas.spaces.targets import check_targets, stage_targets
+from scalenas.train.checkpoint import checkpoint_space, read_checkpoint, resolve_checkpoint
+
+REPORT_FILES = ("state.json", "pareto.csv", "family.csv", "chain.json", "best.json", "search_log.csv", "pareto.png",
+                "search_config.json")
+FITNESS = "supernet holdout top-1 after BN recalibration, coupling side 0"
+
+
+@dataclass
+class EvaluationSettings:
+    """How candidates are evaluated (everything else about the search is in :class:`SearchOptions`)."""
+
+    workers: int | None = option(None, "Ray evaluation workers (None: one per GPU, else one per CPU core); "
+                                 "0 = in-process", min=0)
+    threads_per_worker: int = option(1, "torch threads per evaluation worker", min=1)
+    ray_address: str | None = option(None, "join an existing Ray cluster (host:port or 'auto'); None: a private "
+                                     "local instance on 127.0.0.1")
+    calib_batches: int = option(4, "BN recalibration batches per candidate", min=1)
+    device: str | None = option(None, "evaluation device (None: cuda if available)", choices=("cpu", "cuda"))
+
+
+def resolve_inputs(run: str | None, supernet: str | None) -> tuple[Path, Path]:
+    """(checkpoint file, run directory) from ``--run`` / ``--supernet`` / the most recent run."""
+    if supernet:
+        ckpt = resolve_checkpoint(supernet)
+        return ckpt, ckpt.parent
+    run_dir = Path(run) if run else latest_run(SUPERNET_CKPT)
+    if not run_dir.is_dir():
+        raise ScalenasError(f"--run {run_dir}: not a directory")
+    return resolve_checkpoint(run_dir / SUPERNET_CKPT), run_dir
+
+
+def resolve_out(run_dir: Path, out: str | Path | None, force: bool, resume: bool) -> Path:
+    """The report folder: ``out``, else ``RUN/search`` (``RUN/search-2``, ... when one exists)."""
+    if out:
+        path = Path(out)
+        if resume:
+            return path
+        if (path / "state.json").exists() and not force:
+            raise ScalenasError(f"{path} already holds a search; use --resume, --force or another --out")
+        return path
+    base = run_dir / "search"
+    if resume:
+        done = sorted(run_dir.glob("search*"), key=lambda p: p.stat().st_mtime)
+        if not done:
+            raise ScalenasError(f"--resume: no search folder in {run_dir}")
+        return done[-1]
+    if not (base / "state.json").exists() or force:
+        return base
+    k = 2
+    while (run_dir / f"search-{k}" / "state.json").exists():
+        k += 1
+    return run_dir / f"search-{k}"
+
+
+def search_supernet(ckpt: Path, run_dir: Path, target_flops: str, *, strategy: str = "markov",
+                    options: SearchOptions | None = None, evaluation: EvaluationSettings | None = None,
+                    stages: int | None = None, growth: float | None = None, out: str | Path | None = None,
+                    resume: bool = False, force: bool = False, progress: bool = True,
+                    on_generation: Callable[[Path, Strategy], Any] | None = None,
+                    announce: Callable[[str], None] = print) -> dict[str, Any]:
+    """Search a family on the supernet ``ckpt``; returns the driver's result plus ``out_dir``, ``seconds``.
+
+    ``on_generation(out_dir, strategy)`` runs after every generation (``scalenas search`` writes its reports).
+    Nothing is written or deleted before the inputs, the targets and the evaluation pool are in place.
+    """
+    import torch
+
+    if strategy not in strategy_names():
+        raise ScalenasError(f"--strategy {strategy!r}: unknown (choose from {', '.join(strategy_names())})")
+    options = options or SearchOptions()
+    evaluation = check_options(evaluation or EvaluationSettings(), "evaluation settings")
+    payload = read_checkpoint(ckpt)
+    space = checkpoint_space(payload, str(ckpt))
+    del payload
+    targets = stage_targets(space, target_flops, stages, growth)
+    check_targets(space, targets, options.tolerance)
+    search = make_strategy(strategy, space, targets, options)
+    out_dir = resolve_out(run_dir, out, force, resume)
+    recorded_options = search.options.to_dict()
+    if resume:
+        # Checked before anything starts or is written; on resume the saved options win, so record those.
+        import json
+
+        state_path = out_dir / "state.json"
+        if not state_path.is_file():
+            raise ScalenasError(f"cannot resume: {state_path} does not exist")
+        try:
+            recorded_options = json.loads(state_path.read_text())["options"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ScalenasError(f"cannot resume: {state_path} is unreadable ({exc})") from None
+    device = evaluation.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ScalenasError("--device cuda: no CUDA device is available")
+    workers = default_workers() if evaluation.workers is None else evaluation.workers
+    make = functools.partial(SupernetEvaluator, str(ckpt), calib_batches=evaluation.calib_batches, device=device,
+                             threads=evaluation.threads_per_worker)
+    t0 = time.perf_counter()
+    with EvaluatorPool(make, workers, threads_per_worker=evaluation.threads_per_worker,
+                       ray_address=evaluation.ray_address, gpus_per_worker=1.0 if device == "cuda" else 0.0) as pool:
+        if force and not resume and out_dir.exists():
+            for name in REPORT_FILES:
+                (out_dir / name).unlink(missing_ok=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out_dir / "search_config.json", {
+            "supernet": str(ckpt), "space": space.name, "strategy": strategy, "targets": targets,
+            "options": recorded_options, "workers": workers, "threads_per_worker": evaluation.threads_per_worker,
+            "ray_address": evaluation.ray_address, "device": device, "calib_batches": evaluation.calib_batches,
+            "fitness": FITNESS, "flops_convention": FLOPS_CONVENTION})
+        from scalenas.spaces.targets import format_flops
+
+        announce(f"search {strategy} on {space.name}: targets "
+                 + ", ".join(f"s{s} {format_flops(t)}" for s, t in enumerate(targets))
+                 + f" (±{options.tolerance:.0%}); supernet {ckpt}; {workers} worker(s); reports in {out_dir}")
+
+        def evaluate(subnets):
+            return [r["top1"] for r in pool.map([s.to_json() for s in subnets])]
+
+        callback = None if on_generation is None else functools.partial(on_generation, out_dir)
+        result = run_search(space, search, evaluate, out_dir, resume=resume, progress=progress,
+                            on_generation=callback)
+    return {**result, "out_dir": str(out_dir), "seconds": time.perf_counter() - t0, "targets": targets}

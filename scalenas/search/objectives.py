@@ -1,0 +1,117 @@
+"""The family objective of a search (METHOD.md §5): per-stage FLOPs targets, a tolerance and stage weights.
+
+A family is a base network g plus one scaling state x_s = (i, j, k) per stage s = 0..S: stage 0 is g itself at
+(d=1, w=1, r=base), stage s >= 1 is g at (D_s[i], W_s[j], R_s[k]). :class:`FamilyObjective` says how good such a
+family (or a part of it) is, without knowing how a strategy represents or breeds it:
+
+- feasibility: a stage is feasible when its FLOPs lie within the relative tolerance of the stage's target; the
+  violation of a set of stages is the sum of their relative distances outside their bands (0: feasible);
+- fitness: the weighted mean top-1 over the stages (weights renormalised over the stages given);
+- selection is feasibility-first (:meth:`FamilyObjective.selection_key`): feasible beats infeasible, feasible
+  ones compare by fitness, infeasible ones by their total violation.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from scalenas.search.markov import State
+from scalenas.spaces.arch import Base, Subnet
+from scalenas.spaces.flops import subnet_flops_params
+from scalenas.spaces.space import SearchSpace
+
+TABLE_CACHE_SIZE = 20_000  # (base, stage) violation tables kept before the derived cache is dropped
+
+
+class FamilyObjective:
+    """FLOPs targets T_0..T_S with a relative ``tolerance``, and fitness weights of stages 0..S.
+
+    ``targets`` and ``tolerance`` are expected checked (:func:`scalenas.spaces.targets.check_targets`) and
+    ``stage_weights`` resolved (:meth:`scalenas.search.strategy.SearchOptions.resolved`).
+    """
+
+    def __init__(self, space: SearchSpace, targets: Sequence[int], tolerance: float,
+                 stage_weights: Sequence[float]) -> None:
+        self.space = space
+        self.targets = [int(t) for t in targets]
+        self.n = len(self.targets) - 1  # S: scaling stages
+        self.tolerance = tolerance
+        self.stage_weights = [float(w) for w in stage_weights]
+        self._tables: dict[tuple[Base, int], np.ndarray] = {}  # FLOPs violations per (base, stage), derived
+
+    # ------------------------------------------------------------------ members
+    def subnet(self, base: Base, stage: int, state: State) -> Subnet:
+        """Stage ``stage``'s member of the family of ``base`` in scaling state ``state``."""
+        sc = self.space.scaling[stage]
+        return Subnet(self.space.name, base, sc.depth[state[0]], sc.width[state[1]], sc.resolution[state[2]])
+
+    def all_states(self, stage: int) -> list[State]:
+        sc = self.space.scaling[stage]
+        return [tuple(idx) for idx in np.ndindex(len(sc.depth), len(sc.width), len(sc.resolution))]  # type: ignore
+
+    # ------------------------------------------------------------------ FLOPs feasibility
+    def stage_violation(self, stage: int, flops: float) -> float:
+        """Relative distance of ``flops`` outside stage ``stage``'s band (0 inside it)."""
+        return max(0.0, abs(flops / self.targets[stage] - 1.0) - self.tolerance)
+
+    def violation(self, members: Iterable[tuple[int, Subnet]]) -> float:
+        """Total relative FLOPs violation over (stage, subnet) members (0: feasible)."""
+        return sum(self.stage_violation(s, subnet_flops_params(self.space, sub)[0]) for s, sub in members)
+
+    def stage_table(self, base: Base, stage: int) -> np.ndarray:
+        """Violation of every state of ``stage`` for ``base``, shape (|D_s|, |W_s|, |R_s|) (cached, derived)."""
+        key = (base, stage)
+        table = self._tables.get(key)
+        if table is None:
+            sc = self.space.scaling[stage]
+            table = np.empty((len(sc.depth), len(sc.width), len(sc.resolution)))
+            for idx in np.ndindex(*table.shape):
+                sub = self.subnet(base, stage, idx)  # type: ignore[arg-type]
+                table[idx] = self.stage_violation(stage, subnet_flops_params(self.space, sub)[0])
+            if len(self._tables) > TABLE_CACHE_SIZE:  # a derived cache: bounded, cheap to rebuild
+                self._tables.clear()
+            self._tables[key] = table
+        return table
+
+    def stage_possible(self, base: Base, stage: int) -> bool:
+        """Cheap necessary condition: the band meets [FLOPs at the smallest, at the largest options].
+
+        FLOPs are monotone in d, w and r, so two FLOPs counts bound the whole stage.
+        """
+        sc = self.space.scaling[stage]
+        lo = subnet_flops_params(self.space, self.subnet(base, stage, (0, 0, 0)))[0]
+        hi = subnet_flops_params(self.space, self.subnet(
+            base, stage, (len(sc.depth) - 1, len(sc.width) - 1, len(sc.resolution) - 1)))[0]
+        t, tol = self.targets[stage], self.tolerance
+        return lo <= t * (1 + tol) and hi >= t * (1 - tol)
+
+    def base_promising(self, base: Base, stages: Iterable[int]) -> bool:
+        """Every stage in ``stages`` could be feasible for ``base`` (stage 0 checked exactly)."""
+        return all(self.stage_possible(base, s) for s in stages)
+
+    def feasible_states(self, base: Base, stage: int) -> list[State]:
+        """States of ``stage`` within the FLOPs band for ``base`` (in option order)."""
+        return [tuple(int(v) for v in idx) for idx in np.argwhere(self.stage_table(base, stage) == 0)]  # type: ignore
+
+    def least_violating_state(self, base: Base, stage: int) -> State:
+        """The state of ``stage`` closest to its band for ``base`` (the first in option order on ties)."""
+        table = self.stage_table(base, stage)
+        return tuple(int(v) for v in np.unravel_index(np.argmin(table), table.shape))  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ fitness and selection
+    def fitness(self, top1: Mapping[int, float | None]) -> float:
+        """Weighted mean of ``top1`` (stage -> top-1) over its stages, weights renormalised over them (equal if
+        all 0). NaN when a stage's top-1 is NaN or None (failed or missing)."""
+        stages = list(top1)
+        w = np.array([self.stage_weights[s] for s in stages])
+        if w.sum() <= 0:
+            w = np.ones(len(stages))
+        vals = [math.nan if top1[s] is None else top1[s] for s in stages]
+        return float(np.dot(w, vals) / w.sum())
+
+    @staticmethod
+    def selection_key(violation: float, fitness: float) -> tuple[int, float, float]:
+        """Sort key, best first: feasible first; then smaller violation; then higher fitness (NaN last)."""
+        return (0 if violation == 0.0 else 1, violation, -fitness if math.isfinite(fitness) else math.inf)

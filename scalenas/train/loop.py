@@ -1,0 +1,260 @@
+"""The one training loop of scalenas: supernet training and standalone training differ only in the step.
+
+The loop owns everything around the step: learning-rate schedule, device precision (AMP), signals (SIGINT /
+SIGTERM stop after the current step with a checkpoint), logging rows (``train_log.csv``), checkpoint cadence,
+the progress bar and exact resume. A *step object* (:class:`TrainStep`) owns the model, the optimiser and what
+one optimiser step means: the supernet's step samples a path, runs the sandwich and distillation passes and
+all-reduces the path's gradients; the standalone step is a plain forward/backward.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from scalenas.errors import ScalenasError
+from scalenas.io import atomic_write_csv
+from scalenas.train.config import TrainConfig
+from scalenas.train.optim import lr_at
+
+LOG_NAME = "train_log.csv"
+
+
+# ------------------------------------------------------------------------------- environment
+@dataclass
+class DistInfo:
+    """Rank and world size of this process (1 process without torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> DistInfo:
+    """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, NCCL on CUDA)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda`` -> a device (CUDA: this process's local GPU)."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ScalenasError("--device cuda: no CUDA device is available (use --device cpu)")
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    return cfg.epochs * steps_per_epoch if cfg.epochs is not None else int(cfg.steps)
+
+
+class Precision:
+    """AMP on CUDA (bf16, or fp16 with a grad scaler) and channels_last; plain fp32 on CPU."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, channels_last: bool = True):
+        cuda = device.type == "cuda"
+        self.device_type = device.type
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if cuda else None
+        self.scaler = torch.amp.GradScaler("cuda") if cuda and cfg.amp == "fp16" else None
+        self.channels_last = cuda and cfg.channels_last and channels_last
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+
+
+class StopRequest:
+    """A stop asked for by SIGINT/SIGTERM; the loop finishes the current step, checkpoints and returns."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signum = 0
+
+    @contextmanager
+    def installed(self) -> Iterator["StopRequest"]:
+        """Install the signal handlers for the duration of the block (main thread only), then restore them."""
+        def handler(signum, frame):  # noqa: ARG001
+            self.requested, self.signum = True, signum
+
+        old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread (e.g. inside a test runner thread)
+                pass
+        try:
+            yield self
+        finally:
+            for sig, h in old.items():
+                signal.signal(sig, h)
+
+
+# ------------------------------------------------------------------------------- the step protocol
+@dataclass
+class StepResult:
+    """What one optimiser step reports: loss and hits of the logged pass, and whether every process stops."""
+
+    loss: float
+    correct: int
+    seen: int
+    stop: bool = False
+    log: dict[str, Any] = field(default_factory=dict)  # extra train_log.csv columns (e.g. stage, resolution)
+
+
+class TrainStep(Protocol):
+    """What varies between supernet and standalone training."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+
+    def __call__(self, xb: torch.Tensor, yb: torch.Tensor, stop: bool) -> StepResult:
+        """One optimiser step on a batch (already on the device). ``stop``: this process was asked to stop."""
+
+    def state_dict(self) -> Any:
+        """Step-owned state besides model and optimiser (e.g. the path sampler's RNG), for exact resume."""
+
+    def load_state_dict(self, state: Any) -> None: ...
+
+
+@dataclass
+class LoopState:
+    """Progress of a run: restored from the checkpoint on resume."""
+
+    step: int = 0
+    log_rows: list[dict[str, Any]] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+
+def common_payload(step_obj: TrainStep, batches, state: LoopState, total: int, finished: bool,
+                   cfg_record: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint fields every run has; callers add their own (format, space, model kind, ...)."""
+    return {"model": step_obj.model.state_dict(), "optimizer": step_obj.optimizer.state_dict(),
+            "sampler": step_obj.state_dict(), "data": batches.state_dict(), "torch_rng": torch.get_rng_state(),
+            "step": state.step, "total_steps": total, "finished": finished, "config": cfg_record,
+            "train_seconds": state.train_seconds}
+
+
+def restore(payload: dict[str, Any], step_obj: TrainStep, batches, out_dir: Path, where: str) -> LoopState:
+    """Load a checkpoint's common fields into the step object and batches; read back the log rows."""
+    try:
+        step_obj.model.load_state_dict(payload["model"])
+        step_obj.optimizer.load_state_dict(payload["optimizer"])
+        if payload.get("sampler") is not None:
+            step_obj.load_state_dict(payload["sampler"])
+        batches.load_state_dict(payload["data"])
+        torch.set_rng_state(payload["torch_rng"])
+        step = int(payload["step"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ScalenasError(f"{where}: weights do not fit this run (another space or model?): {first}") from None
+    rows: list[dict[str, Any]] = []
+    log_path = out_dir / LOG_NAME
+    if log_path.is_file():
+        rows = [r for r in pd.read_csv(log_path).to_dict("records") if r["step"] <= step]
+    return LoopState(step, rows, float(payload.get("train_seconds", 0.0)))
+
+
+# ------------------------------------------------------------------------------- the loop
+def run_loop(step_obj: TrainStep, batches, cfg: TrainConfig, *, total: int, device: torch.device,
+             out_dir: Path, state: LoopState, save_checkpoint: Callable[[bool], None],
+             dinfo: DistInfo | None = None, progress: bool = True, desc: str = "train",
+             stop_after: int | None = None, resume_hint: str = "") -> bool:
+    """Train until ``total`` steps (or a stop); returns True when the run finished.
+
+    ``save_checkpoint(finished)`` writes the caller's checkpoint; the loop calls it every
+    ``cfg.checkpoint_every`` steps and once at the end (also after an interruption), then writes the log.
+    ``stop_after`` simulates an interruption after that many steps.
+    """
+    dinfo = dinfo or DistInfo()
+    main = dinfo.main
+
+    def checkpoint(finished: bool) -> None:
+        if not main:
+            return
+        save_checkpoint(finished)
+        if state.log_rows:
+            atomic_write_csv(out_dir / LOG_NAME, pd.DataFrame(state.log_rows))
+
+    stop = StopRequest()
+    bar = tqdm(total=total, initial=state.step, disable=not (progress and main), dynamic_ncols=True, desc=desc,
+               unit="step")
+    t_last, t_start, imgs, loss_sum, correct, seen = time.perf_counter(), time.perf_counter(), 0, 0.0, 0, 0
+    wait, steps_since = 0.0, 0
+    interrupted = False
+    with stop.installed():
+        try:
+            while state.step < total:
+                lr = lr_at(state.step, total, cfg.lr, cfg.warmup_steps, schedule=cfg.schedule)
+                for g in step_obj.optimizer.param_groups:
+                    g["lr"] = lr
+                t_data = time.perf_counter()
+                xb, yb = next(batches)
+                xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+                wait += time.perf_counter() - t_data
+                res = step_obj(xb, yb, stop.requested)
+                state.step += 1
+                steps_since += 1
+                loss_sum += res.loss * res.seen
+                correct += res.correct
+                seen += res.seen
+                imgs += len(yb) * dinfo.world
+                if state.step % cfg.log_every == 0 or state.step == total:
+                    now = time.perf_counter()
+                    ips = imgs / max(1e-9, now - t_last)
+                    row = {"step": state.step, "epoch": batches.epoch, "lr": lr, "loss": loss_sum / max(1, seen),
+                           "train_top1": correct / max(1, seen), "images_per_s": ips,
+                           "data_wait_s": wait / max(1, steps_since), **res.log}
+                    state.log_rows.append(row)
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['train_top1']:.3f}", lr=f"{lr:.4f}",
+                                    img_s=f"{ips:.0f}")
+                    t_last, imgs, loss_sum, correct, seen, wait, steps_since = now, 0, 0.0, 0, 0, 0.0, 0
+                bar.update(1)
+                if state.step % cfg.checkpoint_every == 0 and state.step < total:
+                    now = time.perf_counter()
+                    state.train_seconds, t_start = state.train_seconds + now - t_start, now
+                    checkpoint(False)
+                if res.stop or (stop_after is not None and state.step >= stop_after):
+                    interrupted = state.step < total  # a stop on the very last step is a finished run
+                    break
+        finally:
+            bar.close()
+    state.train_seconds += time.perf_counter() - t_start
+    checkpoint(not interrupted)
+    if interrupted and main:
+        sys.stderr.write(f"interrupted at step {state.step}/{total}; checkpoint saved in {out_dir}. "
+                         f"Continue with: {resume_hint or 'the same command with --resume'} --out {out_dir}\n")
+    return not interrupted

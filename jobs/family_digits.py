@@ -232,7 +232,8 @@ def main(argv=None) -> int:
     from scipy.stats import kendalltau
 
     from scalenas.train.checkpoint import read_checkpoint
-    from scalenas.cli.extrapolate import find_search_dir, read_search
+    from scalenas.report.family import read_search
+    from scalenas.runs import find_search_dir
     from scalenas.errors import ScalenasError
     from scalenas.io import atomic_write_csv
 

@@ -1,4 +1,4 @@
-"""Architectures: JSON interchange (METHOD.md §8), derivation (§3), dedupe key, sampling (§4), bad input."""
+"""Architectures: JSON interchange (docs/method.md), derivation (§3), dedupe key, sampling (§4), bad input."""
 from __future__ import annotations
 
 import itertools
@@ -74,7 +74,7 @@ def test_method_example_parses_and_derives():
     assert sub.base[2] == ("ir_k7", "ir_k7", "ir_k5", "ir_k3")
     d = derive_subnet(space, sub)
     assert len(d.layers) == 14 and d.head_in == 320 and d.stem_ch == 32
-    # extra fields are allowed (METHOD.md §8: more fields may be added)
+    # extra fields are allowed (docs/method.md: more fields may be added)
     obj = json.loads(METHOD_EXAMPLE)
     obj["note"] = "x"
     assert parse_subnet(obj, space) == sub

@@ -1,4 +1,4 @@
-"""FLOPs (METHOD.md §6): the analytic count equals fvcore's exactly, and the parameter count equals the model's.
+"""FLOPs (docs/method.md): the analytic count equals fvcore's exactly, and the parameter count equals the model's.
 
 fvcore traces a real forward pass and is slow per op: on one thread of the shared 2-core machine ~0.15 s per
 digits-tiny model, ~0.6 s per cifar-mbv3 model and ~1 s per scalenet-mbv3 model (224-354 px), plus ~0.3-0.7 s to

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from scalenas.errors import ScalenasError
-from scalenas.search.raypool import (EvaluatorPool, _is_loopback, _non_loopback_listeners, connect_ray, default_workers,
+from scalenas.search.raypool import (EvaluatorPool, is_loopback, non_loopback_listeners, connect_ray, default_workers,
                               start_local_ray)
 
 ray = pytest.importorskip("ray")
@@ -180,7 +180,7 @@ def test_ray_stays_on_loopback(local_ray):
         pool.map(ITEMS[:1])  # a live actor with its own gRPC server
         assert {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]} == {"127.0.0.1"}
         assert ray.util.get_node_ip_address() == "127.0.0.1"
-        assert _non_loopback_listeners() == []
+        assert non_loopback_listeners() == []
         if shutil.which("ss"):
             # Independent check with ss: every socket of a Ray process listens on loopback.
             # Only the processes of this Ray (descendants of this process), not another user's Ray.
@@ -194,7 +194,7 @@ def test_ray_stays_on_loopback(local_ray):
             assert ray_lines
             for ln in ray_lines:
                 host = ln.split()[3].rsplit(":", 1)[0].strip("[]")
-                assert _is_loopback(host), ln
+                assert is_loopback(host), ln
 
 
 def test_unreachable_address_fails_fast():
@@ -224,7 +224,7 @@ def test_join_existing_cluster_without_owning_it(reference, monkeypatch):
         assert cluster.address.startswith("127.0.0.1:")
         with EvaluatorPool(TorchEvaluator, workers=1, ray_address=cluster.address) as pool:
             assert scores(pool.map(ITEMS[:4])) == reference[:4]
-            assert _non_loopback_listeners() == []
+            assert non_loopback_listeners() == []
         assert ray.is_initialized()  # still connected: the pool did not own this Ray
         with socket.create_server(("127.0.0.1", 0)) as other:  # reachable, but not the Ray we are on
             with pytest.raises(ScalenasError, match="already connected"):

@@ -238,7 +238,7 @@ BAD = [
     ("corrupt checkpoint", lambda r, b: search_args(b["corrupt"]), "corrupt"),
     ("foreign checkpoint", lambda r, b: search_args(b["foreign"]), "not a scalenas supernet checkpoint"),
     ("mismatched checkpoint", lambda r, b: search_args(b["mismatch"]), "do not fit"),
-    ("unknown strategy", lambda r, b: search_args(r, "--strategy", "genetic"), "unknown"),
+    ("unknown strategy", lambda r, b: search_args(r, "--strategy", "genetic"), "invalid choice"),
     ("negative workers", lambda r, b: search_args(r, workers="-1"), "--workers"),
     ("resume nothing", lambda r, b: search_args(r, "--resume", "--out", str(r / "nothing-here")), "cannot resume"),
 ]

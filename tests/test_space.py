@@ -1,4 +1,4 @@
-"""Search spaces: shipped files load, scalenet-mbv3 is METHOD.md §2, bad files name the file and the key."""
+"""Search spaces: shipped files load, scalenet-mbv3 is docs/method.md, bad files name the file and the key."""
 from __future__ import annotations
 
 import math

@@ -5,7 +5,7 @@ import argparse
 import dataclasses
 from typing import Any, Iterable
 
-from scalenas.options import describe, type_name
+from scalenas.options import check_value, describe, type_name
 
 _TYPES = {"int": int, "float": float, "str": str}
 
@@ -41,6 +41,13 @@ def add_option_flags(parser: argparse.ArgumentParser, cls: type, names: Iterable
     return added
 
 
-def given(args: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:
-    """The values of the flags in ``names`` that were given on the command line."""
-    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+def given(args: argparse.Namespace, names: Iterable[str], cls: type | None = None,
+          flag_names: dict[str, str] | None = None) -> dict[str, Any]:
+    """The values of the flags in ``names`` that were given on the command line; with ``cls``, each one is
+    validated against its field (type, finiteness, choices, range) with the flag named in the message."""
+    out = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    if cls is not None:
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for k, v in out.items():
+            check_value(fields[k], v, "command line", (flag_names or {}).get(k) or "--" + k.replace("_", "-"))
+    return out

@@ -1,4 +1,4 @@
-"""``scalenas extrapolate``: grow a searched family beyond its last scaling stage (METHOD.md §5).
+"""``scalenas extrapolate``: grow a searched family beyond its last scaling stage (docs/method.md).
 
     scalenas extrapolate --steps 2                       # the most recent search under results/runs/
     scalenas extrapolate --steps 3 --run results/runs/RUN/search --growth 1.8
@@ -6,7 +6,7 @@
 Reads ``best.json`` (base, chain, targets, tolerance) of a finished search, calls
 :func:`scalenas.search.extrapolate.extrapolate` and writes into the search folder:
 
-* ``member_s{S+k}.json``: one architecture JSON per new member (METHOD.md §8 fields plus stage, kind, flops,
+* ``member_s{S+k}.json``: one architecture JSON per new member (docs/method.md fields plus stage, kind, flops,
   params, target_flops), usable as ``scalenas train --arch``;
 * ``family.csv``: the searched rows plus rows of ``kind = extrapolated`` (top1 empty: not evaluated);
 * ``extrapolation.json``: direction u, step lengths, FLOPs ratios, growth and tolerance.

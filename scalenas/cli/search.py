@@ -48,14 +48,14 @@ def run(args: argparse.Namespace) -> int:
     from scalenas.report.search_report import write_reports
     from scalenas.search.job import resolve_inputs, search_supernet
 
-    options = given(args, SEARCH_FLAGS)
+    options = given(args, SEARCH_FLAGS, SearchOptions, {"tolerance": "--flops-tolerance"})
     if args.stage_weights:
         try:
             options["stage_weights"] = [float(x) for x in args.stage_weights.split(",")]
         except ValueError:
             raise ScalenasError(f"--stage-weights {args.stage_weights!r}: expected comma-separated numbers") from None
     options = check_options(SearchOptions(**options), "search option")
-    evaluation = check_options(EvaluationSettings(**given(args, EVAL_FLAGS)), "evaluation")
+    evaluation = check_options(EvaluationSettings(**given(args, EVAL_FLAGS, EvaluationSettings)), "evaluation")
     ckpt, run_dir = resolve_inputs(args.run, args.supernet)
     result = search_supernet(ckpt, run_dir, args.target_flops, strategy=args.strategy, options=options,
                              evaluation=evaluation, stages=args.stages, growth=args.growth, out=args.out,

@@ -1,7 +1,7 @@
 """Grow a trained model deeper with shared layers and small per-instance adjustment parameters.
 
 After Hao et al., "ScaleNet: Scaling up Pretrained Neural Networks with Incremental Parameters"
-(arXiv 2510.18431); see METHOD.md section 7.
+(arXiv 2510.18431); see docs/method.md.
 
 Library API::
 
@@ -55,6 +55,7 @@ Training
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 import math
 import re
 from typing import Any, Iterable, Iterator
@@ -65,12 +66,25 @@ from torch import nn
 
 from scalenas.models import registry as modelio
 from scalenas.errors import ScalenasError
+from scalenas.options import check_options, option
 from scalenas.models.registry import register_model
 from scalenas.models.vit import Block as ViTBlock
 
 ORDERS = ("stack", "interleave")
 ADAPTERS = ("parallel", "lowrank", "none")
 DEFAULT_RANK = 8  # depth 2x on the default ViT: +13.66 % parameters (target < 15 %); see tests/test_grow.py
+
+
+@dataclass
+class GrowOptions:
+    """How a model is grown (besides the depth and the block lists); recorded in the grow plan."""
+
+    order: str = option("stack", "stack: [1..L, 1..L]; interleave: [1,1,2,2,...]", choices=ORDERS)
+    adapter: str = option("parallel", "per-instance adjustment parameters", choices=ADAPTERS)
+    rank: int = option(DEFAULT_RANK, "adapter bottleneck / low-rank rank", min=1)
+    scale: float = option(1.0, "adapter output scale s")
+    share_norms: bool = option(False, "share LayerNorm/GroupNorm tensors too (BatchNorm is always per-instance)")
+    frozen_shared: bool = option(False, "train only adjustment parameters and per-instance norms")
 
 _FACTOR_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*[xX]\s*$")
 _RMSNorm: tuple[type, ...] = (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()
@@ -264,8 +278,7 @@ class GrownModel(nn.Module):
 
 
 def _registry() -> dict[str, type]:
-    modelio.model_kinds()  # imports the built-in kinds so they register
-    return modelio._KINDS  # noqa: SLF001 - modelio offers no public class lookup by kind
+    return {kind: modelio.model_class(kind) for kind in modelio.model_kinds()}
 
 
 # ---------------------------------------------------------------------------------------------- planning
@@ -407,19 +420,11 @@ def _make_plan(model: nn.Module, depth: str | int, order: str, paths: list[str])
 def _check_plan(plan: dict[str, Any]) -> dict[str, Any]:
     """Validate a plan read from a file (types and names); returns a clean copy."""
     plan = copy.deepcopy(plan)
-    if plan.get("order") not in ORDERS:
-        raise ScalenasError(f"grow plan: unknown order {plan.get('order')!r} (known: {', '.join(ORDERS)})")
-    if plan.get("adapter") not in ADAPTERS:
-        raise ScalenasError(f"grow plan: unknown adapter {plan.get('adapter')!r} (known: {', '.join(ADAPTERS)})")
-    rank = plan.get("rank")
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise ScalenasError(f"grow plan: rank must be a positive integer, got {rank!r}")
-    scale = plan.get("scale")
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise ScalenasError(f"grow plan: scale must be a finite number, got {scale!r}")
-    plan["scale"] = float(scale)
     plan["share_norms"] = bool(plan.get("share_norms", False))
     plan["frozen_shared"] = bool(plan.get("frozen_shared", False))
+    check_options(GrowOptions(plan.get("order"), plan.get("adapter"), plan.get("rank"), plan.get("scale"),
+                              plan["share_norms"], plan["frozen_shared"]), "grow plan")
+    plan["scale"] = float(plan["scale"])
     lists = plan.get("lists")
     if not isinstance(lists, list) or not lists:
         raise ScalenasError("grow plan: 'lists' must be a non-empty list of {path, sources}")
@@ -597,14 +602,7 @@ def grow(model: nn.Module, depth: str | int = "2x", *, order: str = "stack", ada
         raise ScalenasError("model is already grown; grow the original model instead")
     if not isinstance(model, nn.Module):
         raise ScalenasError(f"grow needs an nn.Module, got {type(model).__name__}")
-    if order not in ORDERS:
-        raise ScalenasError(f"unknown order {order!r} (known: {', '.join(ORDERS)})")
-    if adapter not in ADAPTERS:
-        raise ScalenasError(f"unknown adapter {adapter!r} (known: {', '.join(ADAPTERS)})")
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise ScalenasError(f"rank must be a positive integer, got {rank!r}")
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise ScalenasError(f"scale must be a finite number, got {scale!r}")
+    check_options(GrowOptions(order, adapter, rank, scale, share_norms, frozen_shared), "grow")
     if block_lists is not None and (isinstance(block_lists, str) or not list(block_lists)):
         raise ScalenasError("block_lists must be a non-empty list of dotted paths, e.g. ['encoder.layers']")
 

@@ -1,4 +1,4 @@
-"""The super-supernet: one weight-sharing network holding every subnet of every scaling stage (METHOD.md §4).
+"""The super-supernet: one weight-sharing network holding every subnet of every scaling stage (docs/method.md).
 
 Capacity: every (searchable stage, layer position, op) has its own weights; a stage has
 ``ceil(max_layers * max_depth)`` positions. Every feature map has a channel capacity ``c(w_max) + c(1)`` for
@@ -286,7 +286,7 @@ def align_op_inits(net: "SuperNet") -> None:
     kernel holds the first op's kernel at the centre with a zero ring. The first layer of a stage defines the
     stage's stream; when its candidates start as unrelated functions, a random-op supernet on digits stayed near
     chance for hundreds of steps (each op moved the stream into another basis). This is an initialisation only:
-    weights stay per op (METHOD.md §4) and diverge with training.
+    weights stay per op (docs/method.md) and diverge with training.
     """
     with torch.no_grad():
         for stage in net.blocks:

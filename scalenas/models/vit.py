@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scalenas.errors import ScalenasError
+from scalenas.options import check_options, option
 from scalenas.models.registry import register_model
 
 
@@ -22,31 +23,27 @@ from scalenas.models.registry import register_model
 class ViTConfig:
     """Architecture of a :class:`ViT`; every field is JSON-able so the model round-trips through a file."""
 
-    image_size: int = 16  # inputs of another size are resized to this first
-    patch_size: int = 4  # square patches; image_size must be a multiple
-    in_channels: int = 1  # digits are grey-scale
-    num_classes: int = 10
-    dim: int = 64  # token width
-    depth: int = 6  # number of transformer blocks
-    heads: int = 4  # attention heads; dim must be a multiple
-    mlp_ratio: float = 2.0  # MLP hidden width = dim * mlp_ratio
-    dropout: float = 0.0  # on attention weights, projections and MLP
+    image_size: int = option(16, "input size (inputs of another size are resized to this first)", min=1)
+    patch_size: int = option(4, "square patches; image_size must be a multiple", min=1)
+    in_channels: int = option(1, "input channels (digits are grey-scale)", min=1)
+    num_classes: int = option(10, "classes", min=1)
+    dim: int = option(64, "token width", min=1)
+    depth: int = option(6, "number of transformer blocks", min=1)
+    heads: int = option(4, "attention heads; dim must be a multiple", min=1)
+    mlp_ratio: float = option(2.0, "MLP hidden width = dim * mlp_ratio", min=0.0, min_open=True)
+    dropout: float = option(0.0, "dropout on attention weights, projections and MLP", min=0.0, max=1.0,
+                            max_open=True)
 
     def validate(self) -> "ViTConfig":
-        """Check invariants once, with messages naming the field; returns ``self``."""
-        for name in ("image_size", "patch_size", "in_channels", "num_classes", "dim", "depth", "heads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ScalenasError(f"vit config: {name} must be a positive integer, got {value!r}")
+        """Check every field (one validation idiom, messages naming the field) and the rules between them."""
+        check_options(self, "vit config")
         if self.image_size % self.patch_size:
             raise ScalenasError(f"vit config: image_size {self.image_size} is not a multiple of "
                                 f"patch_size {self.patch_size}")
         if self.dim % self.heads:
             raise ScalenasError(f"vit config: dim {self.dim} is not a multiple of heads {self.heads}")
-        if not isinstance(self.mlp_ratio, (int, float)) or int(self.dim * self.mlp_ratio) < 1:
-            raise ScalenasError(f"vit config: mlp_ratio must be a positive number, got {self.mlp_ratio!r}")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ScalenasError(f"vit config: dropout must be in [0, 1), got {self.dropout!r}")
+        if int(self.dim * self.mlp_ratio) < 1:
+            raise ScalenasError(f"vit config: mlp_ratio must give an MLP width >= 1, got {self.mlp_ratio!r}")
         return self
 
     @classmethod

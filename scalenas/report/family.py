@@ -70,17 +70,31 @@ def read_search(folder: Path, require_done: bool = True) -> dict[str, Any]:
 
 
 def search_space(folder: Path, best: dict[str, Any]):
-    """The space of a search: by name, else the one stored in the search's supernet checkpoint."""
+    """The space of a search: the one stored in the search's supernet checkpoint, else the space by name.
+
+    The checkpoint's space is what the search ran on (its YAML may since have moved, changed or gone, or a
+    shipped space of the same name may hold other content, e.g. ``num_classes``); the name is the fallback for
+    a search whose checkpoint is no longer there.
+    """
+    ckpt = None
+    try:
+        ckpt = json.loads((folder / "search_config.json").read_text())["supernet"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        pass
+    if isinstance(ckpt, str) and ckpt:
+        try:
+            return checkpoint_space(read_checkpoint(ckpt), ckpt)
+        except ScalenasError:
+            pass
     try:
         return load_space(best["space"])
     except (ScalenasError, KeyError, TypeError):
         pass
-    try:
-        ckpt = json.loads((folder / "search_config.json").read_text())["supernet"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError):
-        raise ScalenasError(f"{folder}: space {best.get('space')!r} not found and no search_config.json naming "
-                            "the supernet") from None
-    return checkpoint_space(read_checkpoint(ckpt), ckpt)
+    if isinstance(ckpt, str) and ckpt:
+        raise ScalenasError(f"{folder}: space {best.get('space')!r} not found and its supernet checkpoint {ckpt} "
+                            "is unreadable") from None
+    raise ScalenasError(f"{folder}: space {best.get('space')!r} not found and no search_config.json naming "
+                        "the supernet") from None
 
 
 def default_growth(best: dict[str, Any], space) -> float:

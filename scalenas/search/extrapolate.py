@@ -1,4 +1,4 @@
-"""Grow a searched family beyond its last scaling stage (METHOD.md §5, last bullet).
+"""Grow a searched family beyond its last scaling stage (docs/method.md).
 
 The best chain's steps (base → stage 1 → ... → stage S) are increments in (log d, log w, log r). Their weighted
 mean, with weights rising toward the last steps (later steps say more about how large models should grow),
@@ -10,7 +10,7 @@ applied by ``derive_subnet``), resolution to a multiple of ``resolution_step``.
 Rounding makes FLOPs a step function of t: brentq finds where it crosses the target, then the neighbouring
 rounded candidates (nearby t, resolution one step either way) are scored and the one closest to the target in
 log FLOPs is kept; each member says whether it landed within the tolerance. Members lie outside the supernet's
-option lists: they are reported as not evaluated and must be trained standalone or grown (METHOD.md §7).
+option lists: they are reported as not evaluated and must be trained standalone or grown (docs/method.md).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Markov chain over scaling states (METHOD.md §5).
+"""The Markov chain over scaling states (docs/method.md).
 
 A chain is x_1..x_S with x_s = (i, j, k): indices into the depth, width and resolution option lists D_s, W_s,
 R_s of scaling stage s. The model is

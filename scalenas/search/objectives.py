@@ -1,4 +1,4 @@
-"""The family objective of a search (METHOD.md §5): per-stage FLOPs targets, a tolerance and stage weights.
+"""The family objective of a search (docs/method.md): per-stage FLOPs targets, a tolerance and stage weights.
 
 A family is a base network g plus one scaling state x_s = (i, j, k) per stage s = 0..S: stage 0 is g itself at
 (d=1, w=1, r=base), stage s >= 1 is g at (D_s[i], W_s[j], R_s[k]). :class:`FamilyObjective` says how good such a

@@ -88,7 +88,7 @@ def default_workers() -> int:
     return max(1, int(workers))
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     try:
         addr = ipaddress.ip_address(host.split("%")[0])
     except ValueError:
@@ -98,7 +98,7 @@ def _is_loopback(host: str) -> bool:
     return addr.is_loopback
 
 
-def _non_loopback_listeners() -> list[str]:
+def non_loopback_listeners() -> list[str]:
     """Listening TCP sockets of this process and its descendants (the Ray daemons and workers of a local
     Ray started here) that are not bound to loopback, as ``"name(pid) host:port"``."""
     try:
@@ -115,7 +115,7 @@ def _non_loopback_listeners() -> list[str]:
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
         for c in conns:
-            if c.status == psutil.CONN_LISTEN and c.laddr and not _is_loopback(c.laddr.ip):
+            if c.status == psutil.CONN_LISTEN and c.laddr and not is_loopback(c.laddr.ip):
                 bad.append(f"{name}({proc.pid}) {c.laddr.ip}:{c.laddr.port}")
     return bad
 
@@ -185,7 +185,7 @@ def start_local_ray(num_cpus: int | None = None, object_store_mb: int = 200) -> 
 
     node_ips = sorted({n.get("NodeManagerAddress", "") for n in ray.nodes() if n.get("Alive")})
     bad = [] if node_ips == [LOOPBACK] else [f"node address {ip}" for ip in node_ips if ip != LOOPBACK]
-    bad += _non_loopback_listeners()
+    bad += non_loopback_listeners()
     if bad:
         ray.shutdown()
         raise ScalenasError("local Ray did not stay on loopback: " + ", ".join(bad))

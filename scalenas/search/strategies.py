@@ -1,4 +1,4 @@
-"""The search strategies (METHOD.md §5) and their registry: :data:`STRATEGIES`, :func:`strategy_names` and
+"""The search strategies (docs/method.md) and their registry: :data:`STRATEGIES`, :func:`strategy_names` and
 :func:`make_strategy`.
 
 Each is a :class:`scalenas.search.strategy.Strategy` subclass that decides what a generation proposes and what it

@@ -1,4 +1,4 @@
-"""The joint search of a base network and its scaling chain (METHOD.md §5), as ask/tell strategies.
+"""The joint search of a base network and its scaling chain (docs/method.md), as ask/tell strategies.
 
 An individual (:class:`Candidate`) is a base network g plus one scaling state per scaling stage. Its family is
 the subnets s = 0..S: stage 0 is g itself at (d=1, w=1, r=base), stage s >= 1 is g at (D_s[i], W_s[j], R_s[k]).
@@ -141,13 +141,15 @@ class Candidate:
 
 
 @lru_cache(maxsize=200_000)
-def _built_key(space_path: str, subnet: Subnet) -> str:
-    return derive_subnet(load_space(space_path), subnet).key()
+def _built_key(space: SearchSpace, subnet: Subnet) -> str:
+    # A SearchSpace hashes and compares by its content_key, so this cache is keyed on (content, subnet): a space
+    # rebuilt from a checkpoint (no YAML on disk, or num_classes fitted to the data) is never re-read by path.
+    return derive_subnet(space, subnet).key()
 
 
 def built_key(space: SearchSpace, subnet: Subnet) -> str:
-    """Dedupe key of the network ``subnet`` builds (cached)."""
-    return _built_key(space.path, subnet)
+    """Dedupe key of the network ``subnet`` builds (cached by the space's content_key and the subnet)."""
+    return _built_key(load_space(space), subnet)
 
 
 def _rng_state(rng: random.Random) -> list[Any]:

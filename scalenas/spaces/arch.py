@@ -1,6 +1,6 @@
 """Architectures: base network + (d, w, r) → subnet → the concrete layers it builds.
 
-Data flows one way: a :class:`Subnet` (what the user and the search handle, METHOD.md §8 JSON) is turned by
+Data flows one way: a :class:`Subnet` (what the user and the search handle, docs/method.md JSON) is turned by
 :func:`derive_subnet` into a :class:`Derived` architecture (every layer with its channels, stride, op and
 supernet position). The supernet, the standalone model and the FLOPs counter all read ``Derived``.
 """
@@ -28,7 +28,7 @@ class Subnet:
     width: float = 1.0
     resolution: int = 0
 
-    # ------------------------------------------------------------------ JSON (METHOD.md §8)
+    # ------------------------------------------------------------------ JSON (docs/method.md)
     def to_dict(self) -> dict[str, Any]:
         return {"space": self.space, "base": [list(layers) for layers in self.base],
                 "depth": float(self.depth), "width": float(self.width), "resolution": int(self.resolution)}
@@ -105,7 +105,7 @@ def parse_subnet(obj: Any, space: SearchSpace | None = None, *, allow_outside: b
         sc = space.scaling[stage]
         d, w = snap_multiplier(d, sc.depth), snap_multiplier(w, sc.width)
     extra = set(obj) - {"space", "base", "depth", "width", "resolution"}
-    del extra  # further fields are allowed (METHOD.md §8) and ignored here
+    del extra  # further fields are allowed (docs/method.md) and ignored here
     return Subnet(space.name, tuple(base), d, w, r)
 
 
@@ -134,7 +134,7 @@ def read_arch(text_or_path: str, space: SearchSpace | None = None, *, allow_outs
     return parse_subnet(obj, space, allow_outside=allow_outside, source=source)
 
 
-# ---------------------------------------------------------------------- derivation (METHOD.md §3)
+# ---------------------------------------------------------------------- derivation (docs/method.md)
 @dataclass(frozen=True)
 class LayerSpec:
     stage: int
@@ -222,7 +222,7 @@ def sample_scaling(space: SearchSpace, stage: int, rng: random.Random) -> tuple[
 
 def sample_subnet(space: SearchSpace, rng: random.Random, stage: int | None = None,
                   hierarchical: bool = True) -> tuple[int, Subnet]:
-    """Hierarchical sampling (METHOD.md §4): scaling stage by the space's weights, then d, w, r, then a base.
+    """Hierarchical sampling (docs/method.md): scaling stage by the space's weights, then d, w, r, then a base.
 
     With ``hierarchical=False`` the (d, w, r) triple is drawn uniformly from the flat union of all stages'
     triples (the ablation). ``stage`` forces a scaling stage. Returns (stage, subnet).

@@ -1,4 +1,4 @@
-"""FLOPs and parameters, analytic and exact (METHOD.md §6).
+"""FLOPs and parameters, analytic and exact (docs/method.md).
 
 Convention: fvcore's count -- one fused multiply-add is one FLOP (so these are MACs), batch 1, eval mode, at the
 subnet's own resolution. fvcore counts convolutions and linear layers (no bias), BatchNorm in eval mode as
@@ -8,8 +8,6 @@ subnets; it takes microseconds where fvcore takes ~100 ms (it traces the model).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import warnings
 
 import torch
@@ -53,22 +51,15 @@ def flops_params(derived: Derived) -> tuple[int, int]:
     return flops, params
 
 
+# (space.content_key, subnet) -> (FLOPs, params). Keyed by the space's content, not its path or name: a space
+# rebuilt from a checkpoint (no file, or num_classes fitted to the data) shares the entries of an equal one.
 _CACHE: dict[tuple[str, Subnet], tuple[int, int]] = {}
 _CACHE_MAX = 200_000
 
 
-def _space_key(space: SearchSpace) -> str:
-    # Keyed by the space's content, not its path: spaces rebuilt from a checkpoint have no file to reload.
-    key = getattr(space, "_content_key", None)
-    if key is None:
-        key = hashlib.sha1(json.dumps(space.raw, sort_keys=True, default=str).encode()).hexdigest()
-        object.__setattr__(space, "_content_key", key)
-    return key
-
-
 def subnet_flops_params(space: SearchSpace, subnet: Subnet) -> tuple[int, int]:
     """(FLOPs, params) of a subnet, cached by (space content, subnet)."""
-    key = (_space_key(space), subnet)
+    key = (space.content_key, subnet)
     hit = _CACHE.get(key)
     if hit is None:
         if len(_CACHE) >= _CACHE_MAX:

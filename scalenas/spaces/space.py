@@ -4,9 +4,18 @@ A space declares the stem, the searchable stages with their candidate ops, the h
 and the scaling stages (cumulative depth / width / resolution multipliers per stage). The ONE channel
 rounding rule of a space lives here (:meth:`SearchSpace.scale_channels`); the subnet derivation, the
 supernet capacity, the exported model and the FLOPs counter all go through it.
+
+A space is identified by its CONTENT (:attr:`SearchSpace.content_key`), never by its file: a space rebuilt from
+the YAML stored in a checkpoint (its file moved, edited or deleted, or ``num_classes`` set to fit the data) is
+the same space wherever its content is the same. Spaces compare and hash by that key, and every cache of
+space-derived values (FLOPs, built-network keys) is keyed on it.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +86,30 @@ class SearchSpace:
     scaling: tuple[ScalingStage, ...]
     stage_weights: tuple[float, ...]  # hierarchical sampling: P(scaling stage s)
     raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+    # ---------------------------------------------------------------- identity: the content
+    @functools.cached_property
+    def content_key(self) -> str:
+        """sha256 of the canonical JSON of the space's validated content (every field but ``path`` and ``raw``).
+
+        Equal for equal content wherever the space came from (a YAML file, a checkpoint's stored YAML, a dict);
+        different when any field that shapes a network differs. YAML spelling (``1`` vs ``1.0``, defaults
+        written out or left implicit, comments, ``description``) does not change it.
+        """
+        return hashlib.sha256(_canonical_json(self.content()).encode()).hexdigest()
+
+    def content(self) -> dict[str, Any]:
+        """The validated fields that define the space (what :attr:`content_key` hashes)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if f.name not in ("path", "raw")}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SearchSpace):
+            return NotImplemented
+        return self is other or self.content_key == other.content_key
+
+    def __hash__(self) -> int:
+        return hash(self.content_key)
 
     # ---------------------------------------------------------------- the one rounding rule
     def scale_channels(self, channels: int, width: float) -> int:
@@ -149,6 +182,33 @@ class SearchSpace:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "path": self.path}
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses, tuples and dicts as plain JSON-able values (dict keys as strings)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=True, default=str)
+
+
+def space_differences(a: SearchSpace, b: SearchSpace) -> str:
+    """The fields in which two spaces differ, one short line (``num_classes 10 vs 3; stages``); '' if none."""
+    ca, cb = a.content(), b.content()
+    out = []
+    for k in ca:
+        if ca[k] != cb.get(k):
+            va, vb = ca[k], cb.get(k)
+            simple = all(isinstance(v, (int, float, str, bool)) for v in (va, vb))
+            out.append(f"{k} {va!r} vs {vb!r}" if simple else k)
+    return "; ".join(out)
 
 
 def _member(value: float, options: tuple[float, ...]) -> float | None:
@@ -237,21 +297,25 @@ def resolve_space_path(name_or_path: str) -> Path:
                         " or give a path to a .yaml file)")
 
 
-_CACHE: dict[str, SearchSpace] = {}
+_CACHE: dict[str, tuple[str, SearchSpace]] = {}  # resolved path -> (the file's text, the space parsed from it)
 
 
 def load_space(name_or_path: str | SearchSpace) -> SearchSpace:
-    """Load and validate a space by shipped name (``digits-tiny``) or YAML path."""
+    """Load and validate a space by shipped name (``digits-tiny``) or YAML path; a space passes through.
+
+    Cached per file and re-parsed when the file's text changes, so an edited YAML is never served stale.
+    """
     if isinstance(name_or_path, SearchSpace):
         return name_or_path
     path = resolve_space_path(str(name_or_path))
     key = str(path.resolve())
-    if key in _CACHE:
-        return _CACHE[key]
     try:
         text = path.read_text()
     except OSError as exc:
         raise ScalenasError(f"cannot read search space {path}: {exc.strerror}") from None
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0] == text:
+        return hit[1]
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -259,7 +323,7 @@ def load_space(name_or_path: str | SearchSpace) -> SearchSpace:
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise ScalenasError(f"{path}: malformed YAML{where}") from None
     space = space_from_dict(data, str(path))
-    _CACHE[key] = space
+    _CACHE[key] = (text, space)
     return space
 
 

@@ -1,6 +1,6 @@
 """FLOPs targets of a scaling family: parsing, per-stage targets and an up-front feasibility check.
 
-FLOPs follow the project convention (METHOD.md §6, :data:`scalenas.spaces.flops.FLOPS_CONVENTION`): one fused
+FLOPs follow the project convention (docs/method.md, :data:`scalenas.spaces.flops.FLOPS_CONVENTION`): one fused
 multiply-add is one FLOP. ``2G`` therefore means 2e9 multiply-adds.
 """
 from __future__ import annotations

@@ -5,11 +5,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-
 from scalenas.errors import ScalenasError
 from scalenas.io import atomic_torch_save, safe_torch_load
 from scalenas.runs import SUPERNET_CKPT
-from scalenas.spaces.space import SearchSpace, load_space, space_from_dict
+from scalenas.spaces.space import SearchSpace, load_space, space_differences, space_from_dict
 
 CKPT_FORMAT = "scalenas-supernet/1"
 CKPT_NAME = SUPERNET_CKPT
@@ -43,26 +42,45 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def checkpoint_space(payload: dict[str, Any], path: str = "checkpoint") -> SearchSpace:
-    """The space the checkpoint was trained on, rebuilt from the YAML stored inside it."""
+    """The space the checkpoint was trained on, rebuilt from the YAML stored inside it.
+
+    The stored YAML is the truth: the file it came from may have moved, changed or gone, and ``num_classes`` may
+    have been fitted to the data. The file (or the shipped space of that name) is returned instead only when its
+    content is the same (:attr:`SearchSpace.content_key`), so messages name the file.
+    """
     space = space_from_dict(payload["space_yaml"], f"{path}[space_yaml]")
-    try:  # prefer the shipped/loaded object so caches and paths line up when the file still exists
-        shipped = load_space(payload.get("space_path") or payload["space"])
-        if shipped.raw == space.raw:
-            return shipped
-    except ScalenasError:
-        pass
+    for ref in dict.fromkeys(r for r in (payload.get("space_path"), payload.get("space")) if isinstance(r, str) and r):
+        try:
+            other = load_space(ref)
+        except ScalenasError:
+            continue
+        if other.content_key == space.content_key:
+            return other
     return space
 
 
+def check_same_space(given: SearchSpace, trained: SearchSpace, where: str) -> None:
+    """Raise (one line) unless ``given`` has the content of the space ``trained`` came from."""
+    if given.content_key == trained.content_key:
+        return
+    if given.name != trained.name:
+        raise ScalenasError(f"{where}: checkpoint of space {trained.name!r}, but space {given.name!r} was given")
+    raise ScalenasError(f"{where}: the checkpoint's space {trained.name!r} differs from the given {given.path}: "
+                        f"{space_differences(trained, given) or 'content'} (checkpoint vs given)")
+
+
 def load_supernet(path: str | os.PathLike, expect_space: SearchSpace | None = None, payload=None):
-    """A :class:`~scalenas.models.supernet.SuperNet` with the checkpoint's weights (CPU, eval mode)."""
+    """A :class:`~scalenas.models.supernet.SuperNet` with the checkpoint's weights (CPU, eval mode).
+
+    ``expect_space``: the space the caller means; it must have the checkpoint's content (not only its name).
+    """
     from scalenas.models.supernet import SuperNet
 
     p = resolve_checkpoint(path)
     payload = payload if payload is not None else read_checkpoint(p)
     space = checkpoint_space(payload, str(p))
-    if expect_space is not None and expect_space.name != space.name:
-        raise ScalenasError(f"{p}: checkpoint of space {space.name!r}, but space {expect_space.name!r} was given")
+    if expect_space is not None:
+        check_same_space(expect_space, space, str(p))
     net = SuperNet(space)
     try:
         net.load_state_dict(payload["model"])

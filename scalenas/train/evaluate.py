@@ -1,6 +1,6 @@
 """BN recalibration and supernet accuracy: the fitness the search reports.
 
-BN for evaluation (METHOD.md §4): reset the running statistics of the subnet's path, recalibrate them on a
+BN for evaluation (docs/method.md): reset the running statistics of the subnet's path, recalibrate them on a
 fixed set of training batches at the subnet's resolution (cumulative average, train mode, no gradients), then
 evaluate in eval mode. The result does not depend on the order subnets are evaluated in.
 """

@@ -3,7 +3,7 @@
 :class:`PathSGD` is SGD (Nesterov momentum, weight decay) that updates only the parameter entries the sampled
 path used in this step. Written by hand because ``torch.optim.SGD`` applies weight decay and momentum to every
 parameter that has a gradient -- for a sliced weight that moves the unused channels too, and it keeps moving
-ops that were sampled earlier through their momentum buffers (the leak METHOD.md §4 warns about).
+ops that were sampled earlier through their momentum buffers (the leak docs/method.md warns about).
 """
 from __future__ import annotations
 

@@ -119,6 +119,7 @@ def _set_dropout(model: nn.Module, p: float | None) -> None:
 def _from_supernet(ckpt: str, sub: Subnet, space: SearchSpace) -> nn.Module:
     from scalenas.train.checkpoint import checkpoint_space, load_supernet, read_checkpoint, resolve_checkpoint
     from scalenas.models.supernet import export_subnet, fits_supernet
+    from scalenas.spaces.space import space_differences
 
     path = resolve_checkpoint(ckpt)
     payload = read_checkpoint(path)
@@ -126,14 +127,15 @@ def _from_supernet(ckpt: str, sub: Subnet, space: SearchSpace) -> nn.Module:
     if sn_space.name != space.name:
         raise ScalenasError(f"--init supernet:{ckpt}: the architecture is of space {space.name!r} but the supernet "
                             f"was trained on {sn_space.name!r}")
+    if sn_space.content_key != space.content_key:  # same name, other content: an edited YAML or fitted classes
+        raise ScalenasError(f"--init supernet:{ckpt}: the supernet's space {sn_space.name!r} differs from the "
+                            f"architecture's ({space.path}): {space_differences(sn_space, space) or 'content'} "
+                            "(supernet vs architecture)")
     if not fits_supernet(sn_space, sub):
         raise ScalenasError(f"--arch {sub.short()} does not fit the supernet {path}: its (depth, width, resolution) "
                             "lies outside the supernet's scaling stages (an extrapolated member); train it with "
                             "--init scratch or from a grown model file")
     supernet = load_supernet(path, payload=payload)
-    if supernet.space.num_classes != space.num_classes:
-        raise ScalenasError(f"--init supernet:{ckpt}: the supernet has {supernet.space.num_classes} classes, the "
-                            f"space {space.name!r} {space.num_classes}")
     return export_subnet(supernet, sub, side=0)
 
 

@@ -1,4 +1,4 @@
-"""Training the super-supernet with hierarchical sampling (METHOD.md §4), resumable, CPU to multi-GPU.
+"""Training the super-supernet with hierarchical sampling (docs/method.md), resumable, CPU to multi-GPU.
 
 One step: draw a scaling stage (weights from the space), then d, w, r, then a base network, and a coupling side;
 resize the batch to the subnet's resolution; forward/backward through that path only; :class:`PathSGD` updates

@@ -106,6 +106,7 @@ def test_sample_is_reproducible_json_lines(capsys):
     assert rc == 0 and all(json.loads(l)["stage"] == 3 for l in out.splitlines())
 
 
+@pytest.mark.slow
 def test_console_script_subprocess(tmp_path):
     """The installed console script, for real: a good call and a bad one (no traceback, exit 2)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")

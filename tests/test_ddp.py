@@ -16,8 +16,9 @@ from scalenas.train.checkpoint import read_checkpoint
 from scalenas.cli.main import main
 from scalenas.train.supernet import DEBUG_ENV
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                reason="torch.distributed with gloo is not available")
+pytestmark = [pytest.mark.ddp,
+              pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                 reason="torch.distributed with gloo is not available")]
 
 
 def free_port() -> int:

@@ -51,6 +51,7 @@ def _check(space, subs, fast=False):
     assert not bad, "\n".join(bad)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,stage", CASES, ids=[f"{n}-s{s}" for n, s in CASES])
 def test_analytic_equals_fvcore(name, stage):
     space = load_space(name)

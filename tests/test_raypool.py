@@ -19,6 +19,8 @@ from scalenas.errors import ScalenasError
 from scalenas.search.raypool import (EvaluatorPool, is_loopback, non_loopback_listeners, connect_ray, default_workers,
                               start_local_ray)
 
+pytestmark = [pytest.mark.ray]
+
 ray = pytest.importorskip("ray")
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,6 +19,8 @@ import torch
 from scalenas.cli.main import main
 from scalenas.report.search_report import FAMILY_COLUMNS, LOG_COLUMNS, PARETO_COLUMNS
 
+pytestmark = [pytest.mark.slow]
+
 TARGET = "4M"  # digits-tiny, 3 scaling stages: targets 0.5M, 1M, 2M, 4M, all inside their feasible ranges
 REPORTS = ("pareto.csv", "family.csv", "chain.json", "best.json", "search_log.csv", "pareto.png", "state.json",
            "search_config.json")
@@ -150,6 +152,7 @@ def test_second_run_numbered_and_force_overwrites(trained_run, reference):
 
 
 # ---------------------------------------------------------------------------------------------- Ray
+@pytest.mark.ray
 def test_one_ray_worker_gives_the_inprocess_results(trained_run, reference, tmp_path):
     ray = pytest.importorskip("ray")
     out = tmp_path / "ray1"

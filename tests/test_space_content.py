@@ -161,3 +161,19 @@ def test_search_extrapolate_report_export_after_the_yaml_is_deleted(tmp_path, ca
                  "--out", str(model)]) == 0
     assert model.is_file()
     assert "error" not in capsys.readouterr().err
+
+    # The same weights under a space no file or shipped name holds any more: only the checkpoint's YAML is left,
+    # so the search and the report run on the rebuilt space and every cache must key on its content.
+    from scalenas.train.checkpoint import checkpoint_space, read_checkpoint, save_checkpoint
+
+    payload = read_checkpoint(run / "checkpoint.pt")
+    payload.update(space="digits-moved", space_yaml=dict(payload["space_yaml"], name="digits-moved"))
+    moved = tmp_path / "moved"
+    save_checkpoint(moved / "checkpoint.pt", payload)
+    assert checkpoint_space(payload, "ck").path == "ck[space_yaml]"  # nothing on disk to stand in for it
+    assert main(["search", "--run", str(moved), "--target-flops", str(target), "--population", "4",
+                 "--generations", "1", "--elites", "2", "--workers", "0", "--no-progress"]) == 0
+    assert json.loads((moved / "search" / "best.json").read_text())["space"] == "digits-moved"
+    assert main(["extrapolate", "--run", str(moved / "search"), "--steps", "1"]) == 0
+    assert main(["report", str(moved / "search")]) == 0
+    assert "error" not in capsys.readouterr().err

@@ -67,6 +67,7 @@ def runs(tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------------- path invariance
+@pytest.mark.slow
 def test_only_the_sampled_path_changes_in_a_real_step(runs):
     """Resume the step-CUT checkpoint for exactly one trainer step; every entry off that step's path (weights,
     BN statistics, momentum buffers) is bit-identical, including ops sampled in earlier steps."""
@@ -380,6 +381,7 @@ def _wait_for(cond, timeout: float, proc: subprocess.Popen) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_sigint_saves_checkpoint_and_resume_continues(tmp_path):
     out = tmp_path / "run"
     job = tmp_path / "job.yaml"

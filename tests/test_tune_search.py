@@ -12,6 +12,8 @@ from scalenas.spaces.space import load_space
 from scalenas.spaces.targets import stage_targets
 from scalenas.search.tune import MarkovSearcher
 
+pytestmark = [pytest.mark.ray]
+
 SPACE = load_space("digits-tiny")
 TARGETS = stage_targets(SPACE, "4.5M")
 OPTIONS = dict(population=2, generations=3, elites=1, seed=0)

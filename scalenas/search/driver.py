@@ -29,7 +29,7 @@ def run_search(space: SearchSpace | str, strategy: Strategy, evaluate: Callable[
     from scalenas.io import atomic_write_json
 
     space = load_space(space)
-    if space.name != strategy.space.name:
+    if space != strategy.space:  # same content (a space rebuilt from a checkpoint has no file)
         raise ScalenasError(f"space {space.name!r} differs from the strategy's {strategy.space.name!r}")
     out = Path(out_dir)
     state_path = out / "state.json"

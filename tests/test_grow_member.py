@@ -1,0 +1,112 @@
+"""Member-to-member growth (depth, width, resolution) is function preserving; ONNX export of every model kind."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from conftest import randomize_bn
+from scalenas.errors import ScalenasError
+from scalenas.models.grow_member import grow_to
+from scalenas.models.standalone import StandaloneNet
+from scalenas.spaces.arch import Subnet, derive_subnet, sample_subnet
+from scalenas.spaces.space import load_space, shipped_spaces
+
+pytestmark = pytest.mark.usefixtures("torch_threads")
+
+
+def _pairs(space, n, seed):
+    """``n`` random (member of stage s, member of stage s+1 with the same base)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        s = rng.randrange(len(space.scaling) - 1)
+        _, a = sample_subnet(space, rng, stage=s)
+        sc = space.scaling[s + 1]
+        b = Subnet(space.name, a.base, rng.choice(sc.depth), rng.choice(sc.width), rng.choice(sc.resolution))
+        out.append((a, b))
+    return out
+
+
+@pytest.mark.parametrize("name", shipped_spaces())
+def test_growth_preserves_the_function(name):
+    space = load_space(name)
+    for k, (a, b) in enumerate(_pairs(space, 3, seed=hash(name) % 1000)):
+        small = StandaloneNet.from_subnet(space, a)
+        randomize_bn(small, k)
+        small.eval()
+        grown = grow_to(small, b, seed=k)
+        assert grown.subnet == b and not grown.training
+        res = min(a.resolution, 48)  # fully convolutional up to the pool: any resolution checks the function
+        x = torch.randn(2, space.in_channels, res, res, generator=torch.Generator().manual_seed(k))
+        with torch.no_grad():
+            ref, out = small(x), grown(x)
+        assert ref.abs().max() > 1e-3  # a non-trivial function
+        assert (out - ref).abs().max().item() <= 1e-5, (a.short(), b.short())
+
+
+def test_new_channels_break_symmetry_after_a_step(digits):
+    rng = random.Random(3)
+    _, a = sample_subnet(digits, rng, stage=0)
+    b = Subnet(digits.name, a.base, 1.0, digits.scaling[2].width[-1], a.resolution)
+    small = StandaloneNet.from_subnet(digits, a)
+    randomize_bn(small, 0)
+    grown = grow_to(small, b, seed=0).train()
+    opt = torch.optim.SGD(grown.parameters(), lr=0.1)
+    x, y = torch.randn(8, 1, a.resolution, a.resolution), torch.randint(0, 10, (8,))
+    torch.nn.functional.cross_entropy(grown(x), y).backward()
+    opt.step()
+    w = grown.stem[0].weight.detach().reshape(grown.stem[0].out_channels, -1)
+    c_old = small.stem[0].out_channels
+    # every new stem channel started as a copy of an old one; after one step none equals its source any more
+    for k in range(c_old, w.shape[0]):
+        assert min((w[k] - w[j]).abs().max().item() for j in range(c_old)) > 0
+
+
+def test_depth_growth_adds_zero_blocks(digits):
+    a = Subnet(digits.name, (("ir_k3",), ("ir_k3", "ir_k5"), ("ir_k5",), ("ir_k3",)), 1.0, 1.0, 16)
+    b = Subnet(digits.name, a.base, digits.scaling[3].depth[-1], 1.0, 16)
+    assert len(derive_subnet(digits, b).layers) > len(derive_subnet(digits, a).layers)
+    small = StandaloneNet.from_subnet(digits, a)
+    randomize_bn(small, 1)
+    grown = grow_to(small.eval(), b)
+    x = torch.randn(3, 1, 16, 16)
+    with torch.no_grad():
+        assert (grown(x) - small(x)).abs().max().item() <= 1e-5
+
+
+def test_refuses_other_base_smaller_member_and_other_kinds(digits):
+    a = Subnet(digits.name, (("ir_k3",), ("ir_k3", "ir_k5"), ("ir_k5",), ("ir_k3",)), 1.2, 1.2, 20)
+    model = StandaloneNet.from_subnet(digits, a)
+    other = Subnet(digits.name, (("ir_k5",), ("ir_k3", "ir_k5"), ("ir_k5",), ("ir_k3",)), 1.36, 1.36, 24)
+    with pytest.raises(ScalenasError, match="another base"):
+        grow_to(model, other)
+    with pytest.raises(ScalenasError, match="smaller|narrower|lower resolution"):
+        grow_to(model, Subnet(digits.name, a.base, 1.0, 1.0, 16))
+    from scalenas.models.vit import ViT
+
+    with pytest.raises(ScalenasError, match="CNN"):
+        grow_to(ViT(), a)
+    with pytest.raises(ScalenasError, match="JSON"):
+        grow_to(model, "{not json")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["cnn", "vit", "grown"])
+def test_onnx_export_matches_pytorch(kind, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from scalenas.models.grow import grow
+    from scalenas.models.onnx_export import check_onnx, export_onnx
+    from scalenas.models.vit import ViT
+
+    cnn = StandaloneNet.from_subnet("digits-tiny", {"space": "digits-tiny", "base": [["ir_k3"], ["ir_k3", "ir_k5"],
+                                                    ["ir_k5"], ["ir_k3"]], "depth": 1.0, "width": 1.0,
+                                                    "resolution": 16})
+    randomize_bn(cnn, 0)
+    model = {"cnn": cnn, "vit": ViT(), "grown": grow(ViT(depth=3), "2x")}[kind].eval()
+    path = export_onnx(model, tmp_path / f"{kind}.onnx")
+    for batch in (1, 5):  # dynamic batch size
+        assert check_onnx(model, path, batch=batch) <= 1e-4
+    assert not list(tmp_path.glob(".*.tmp"))

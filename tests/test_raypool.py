@@ -244,6 +244,9 @@ def test_bad_arguments():
         EvaluatorPool(TorchEvaluator, workers=1, threads_per_worker=0)
     with pytest.raises(ScalenasError, match="host:port"):
         EvaluatorPool(TorchEvaluator, workers=1, ray_address="nonsense")
+    for bad in (0, -1, float("nan"), float("inf"), "soon"):
+        with pytest.raises(ScalenasError, match="worker_timeout_s"):
+            EvaluatorPool(TorchEvaluator, workers=1, worker_timeout_s=bad)
     assert default_workers() >= 1
 
 

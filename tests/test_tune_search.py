@@ -40,7 +40,8 @@ def local_ray():
 
     # Ray workers cannot import this test module: ship its functions (the trainable) by value.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20, log_to_driver=False,
+    ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=2, include_dashboard=False,
+             object_store_memory=100 * 2**20, log_to_driver=False,
              configure_logging=False)
     try:
         yield ray

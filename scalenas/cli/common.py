@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Any, Iterable
+import math
+from typing import Any, Callable, Iterable
 
+from scalenas.errors import ScalenasError
 from scalenas.options import check_value, describe, type_name
 
 _TYPES = {"int": int, "float": float, "str": str}
@@ -51,3 +53,33 @@ def given(args: argparse.Namespace, names: Iterable[str], cls: type | None = Non
         for k, v in out.items():
             check_value(fields[k], v, "command line", (flag_names or {}).get(k) or "--" + k.replace("_", "-"))
     return out
+
+
+def number(flag: str, kind: type = int, *, min: float | None = None, max: float | None = None,  # noqa: A002
+           min_open: bool = False, max_open: bool = False) -> Callable[[str], Any]:
+    """An argparse ``type`` for a numeric flag that is not a config field: the value must parse as ``kind``, be
+    finite and lie in the range, else one line naming the flag (``--steps: must be >= 1, got 0``).
+
+    A value out of range raises :class:`ScalenasError` (which argparse passes through), so the command line
+    reports it as every other bad input: one line on stderr, exit code 2. A value that is no number at all gets
+    argparse's own one-line error (``argument --n: invalid int value: 'two'``), also exit code 2.
+    """
+    def parse(text: str) -> Any:
+        value = kind(text)  # not a number at all: argparse's own one-line "invalid int value: 'two'"
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ScalenasError(f"{flag}: must be a finite number, got {text!r}")
+        low = min is not None and (value <= min if min_open else value < min)
+        high = max is not None and (value >= max if max_open else value > max)
+        if low or high:
+            raise ScalenasError(f"{flag}: must be {range_text(min, max, min_open, max_open)}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its own messages
+    return parse
+
+
+def range_text(lo: float | None, hi: float | None, lo_open: bool = False, hi_open: bool = False) -> str:
+    """``>= 1 and <= 20``, ``> 1``, ...: a range as the messages and the help texts write it."""
+    left = "" if lo is None else f"{'>' if lo_open else '>='} {lo:g}"
+    right = "" if hi is None else f"{'<' if hi_open else '<='} {hi:g}"
+    return " and ".join(x for x in (left, right) if x)

@@ -8,7 +8,9 @@ import argparse
 import time
 from pathlib import Path
 
+from scalenas.cli.common import number
 from scalenas.errors import ScalenasError
+from scalenas.io import SEED_RANGE
 
 
 def add_parser(sub) -> None:
@@ -18,14 +20,15 @@ def add_parser(sub) -> None:
                        "chosen inside the trained space's feasible range, extrapolate 2 members beyond it and "
                        "print the family. Everything lands in one run directory.")
     d.add_argument("--out", default=None, help="run directory (default: results/runs/<time>-demo)")
-    d.add_argument("--steps", type=int, default=None,
+    d.add_argument("--steps", type=number("--steps", int, min=1), default=None,
                    help=f"supernet training steps (default {DEMO_STEPS}; --quick: {QUICK_STEPS})")
     d.add_argument("--quick", action="store_true",
                    help="a smoke run: few steps, tiny search in-process (no Ray), for checking the install")
-    d.add_argument("--workers", type=int, default=None,
+    d.add_argument("--workers", type=number("--workers", int, min=0), default=None,
                    help="Ray evaluation workers of the search (default: scalenas search's; --quick: 0)")
-    d.add_argument("--seed", type=int, default=0, help="seed of training and search (default 0)")
-    d.add_argument("--threads", type=int, default=None,
+    d.add_argument("--seed", type=number("--seed", int, min=SEED_RANGE[0], max=SEED_RANGE[1]), default=0,
+                   help="seed of training and search (default 0)")
+    d.add_argument("--threads", type=number("--threads", int, min=1), default=None,
                    help="torch CPU threads of the supernet training (default: torch's; 1 is faster on a "
                    "2-core machine busy with other work)")
     d.set_defaults(func=run_demo)
@@ -53,12 +56,6 @@ def run_demo(args: argparse.Namespace) -> int:
     from scalenas.train.supernet import train_supernet
 
     steps = args.steps if args.steps is not None else (QUICK_STEPS if args.quick else DEMO_STEPS)
-    if steps < 1:
-        raise ScalenasError(f"--steps must be >= 1, got {steps}")
-    if args.workers is not None and args.workers < 0:
-        raise ScalenasError(f"--workers must be >= 0, got {args.workers}")
-    if args.threads is not None and args.threads < 1:
-        raise ScalenasError(f"--threads must be >= 1, got {args.threads}")
     out = Path(args.out) if args.out else RUNS_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}-demo"
     if (out / SUPERNET_CKPT).exists():
         raise ScalenasError(f"{out} already holds a run; choose another --out")

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import argparse
 
-from scalenas.errors import ScalenasError
+from scalenas.cli.common import number
 from scalenas.report.family import extrapolate_search
 from scalenas.runs import find_search_dir
+from scalenas.search.extrapolate import MAX_GROWTH, MAX_STEPS
 from scalenas.spaces.targets import format_flops
 
 
@@ -30,21 +31,20 @@ def add_parser(sub) -> None:
         "u (weighted toward the last steps) and, for each new step, solve for the step length along u that "
         "multiplies FLOPs by the growth factor under the real rounding rules. New members lie outside the "
         "supernet: they are not evaluated (train them with scalenas train, or grow a smaller member).")
-    p.add_argument("--steps", type=int, required=True, help="number of new members (>= 1)")
+    p.add_argument("--steps", type=number("--steps", int, min=1, max=MAX_STEPS), required=True,
+                   help=f"number of new members (1..{MAX_STEPS})")
     p.add_argument("--run", default=None, help="search folder, or a training run holding one "
                    "(default: the most recent search under results/runs/)")
-    p.add_argument("--growth", type=float, default=None,
-                   help="FLOPs ratio between members (default: the search's target ratio, else the space's)")
-    p.add_argument("--tolerance", type=float, default=None,
-                   help="relative FLOPs tolerance reported per member (default: the search's)")
+    p.add_argument("--growth", type=number("--growth", float, min=1.0, min_open=True, max=MAX_GROWTH), default=None,
+                   help=f"FLOPs ratio between members, > 1 and <= {MAX_GROWTH:g} (default: the search's target "
+                   "ratio, else the space's)")
+    p.add_argument("--tolerance", type=number("--tolerance", float, min=0.0, max=1.0, min_open=True, max_open=True),
+                   default=None, help="relative FLOPs tolerance reported per member, in (0, 1) (default: the "
+                   "search's)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.steps < 1:
-        raise ScalenasError(f"--steps must be >= 1, got {args.steps}")
-    if args.growth is not None and not args.growth > 1.0:
-        raise ScalenasError(f"--growth must be > 1, got {args.growth}")
     folder = find_search_dir(args.run)
     print_extrapolation(folder, extrapolate_search(folder, args.steps, args.growth, args.tolerance))
     return 0

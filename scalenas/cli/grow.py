@@ -8,10 +8,35 @@ The output is a model file of kind ``"grown"``: ``modelio.load_model`` rebuilds 
 from __future__ import annotations
 
 import argparse
+import math
 
+from scalenas.cli.common import number
 from scalenas.errors import ScalenasError
 from scalenas.models.grow import ADAPTERS, DEFAULT_RANK, ORDERS, grow, param_report
 from scalenas.models.registry import load_model, save_model
+
+
+MAX_FACTOR = 16  # --depth Nx: at most 16 times the blocks
+MAX_BLOCKS = 4096  # --depth N: at most this many blocks in the grown list
+MAX_RANK = 4096  # --rank: adapters wider than this are not small adjustments any more
+
+
+def _depth(text: str) -> str:
+    """``--depth``: a whole factor ``2x`` .. ``16x`` or a block count 2..4096, checked before the model is loaded
+    (the grow module checks it against the model's blocks)."""
+    t = text.strip().lower()
+    try:
+        value = float(t[:-1]) if t.endswith("x") else int(t)
+    except ValueError:
+        raise ScalenasError(f"--depth: expected a factor like 2x or a block count like 12, got {text!r}") from None
+    if t.endswith("x"):
+        if not math.isfinite(value) or value != int(value) or not 1 < value <= MAX_FACTOR:
+            raise ScalenasError(f"--depth: the factor must be a whole number greater than 1 and at most "
+                                f"{MAX_FACTOR}x, got {text!r}")
+        return f"{int(value)}x"
+    if not 2 <= value <= MAX_BLOCKS:
+        raise ScalenasError(f"--depth: the block count must be 2..{MAX_BLOCKS}, got {text!r}")
+    return str(value)
 
 
 def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -22,14 +47,17 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
                     "every block instance gets its own small adapter. Prints the parameter overhead with "
                     "shared tensors counted once.")
     p.add_argument("--model", required=True, metavar="FILE", help="scalenas model file to grow")
-    p.add_argument("--depth", required=True, metavar="2x|N",
-                   help="factor per block list (2x, 3x) or total blocks N of a single block list")
+    p.add_argument("--depth", required=True, metavar="2x|N", type=_depth,
+                   help=f"factor per block list (2x .. {MAX_FACTOR}x) or total blocks N (2..{MAX_BLOCKS}) of a "
+                   "single block list")
     p.add_argument("--order", choices=ORDERS, default="stack",
                    help="stack: [1..L,1..L] (default); interleave: [1,1,2,2,...]")
     p.add_argument("--adapter", choices=ADAPTERS, default="parallel",
                    help="per-instance adjustment parameters (default parallel)")
-    p.add_argument("--rank", type=int, default=DEFAULT_RANK, help=f"adapter rank (default {DEFAULT_RANK})")
-    p.add_argument("--scale", type=float, default=1.0, help="adapter output scale s (default 1.0)")
+    p.add_argument("--rank", type=number("--rank", int, min=1, max=MAX_RANK), default=DEFAULT_RANK,
+                   help=f"adapter rank, 1..{MAX_RANK} (default {DEFAULT_RANK})")
+    p.add_argument("--scale", type=number("--scale", float), default=1.0,
+                   help="adapter output scale s, a finite number (default 1.0)")
     p.add_argument("--blocks", nargs="+", metavar="NAME", default=None,
                    help="dotted path(s) of the block list(s) to grow (default: blocks / stages)")
     p.add_argument("--share-norms", action="store_true",
@@ -42,8 +70,6 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 def run(args: argparse.Namespace) -> int:
     """Load ``--model``, grow it, save it atomically to ``--out``, print the parameter report."""
-    if args.rank is not None and args.rank < 1:
-        raise ScalenasError(f"--rank must be a positive integer, got {args.rank}")
     model = load_model(args.model)
     grown = grow(model, args.depth, order=args.order, adapter=args.adapter, rank=args.rank,
                  scale=args.scale, share_norms=args.share_norms, block_lists=args.blocks,

@@ -4,7 +4,11 @@ from __future__ import annotations
 import argparse
 import json
 
+from scalenas.cli.common import number
 from scalenas.errors import ScalenasError
+from scalenas.io import SEED_RANGE
+
+MAX_SAMPLES = 100_000  # sample --n
 
 
 def _space_arg(args: argparse.Namespace):
@@ -64,8 +68,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from scalenas.spaces.flops import subnet_flops_params
     from scalenas.spaces.space import load_space
 
-    if args.n < 1:
-        raise ScalenasError(f"--n must be >= 1, got {args.n}")
     space = load_space(args.space)
     rng = random.Random(args.seed)
     for _ in range(args.n):
@@ -153,9 +155,11 @@ def add_parser(sub) -> None:
 
     sa = sub.add_parser("sample", help="random subnets as JSON lines, with flops and params")
     sa.add_argument("--space", required=True, help="space name or YAML path")
-    sa.add_argument("--n", type=int, default=5, help="number of subnets (default 5)")
-    sa.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    sa.add_argument("--stage", type=int, default=None,
+    sa.add_argument("--n", type=number("--n", int, min=1, max=MAX_SAMPLES), default=5,
+                    help=f"number of subnets, 1..{MAX_SAMPLES} (default 5)")
+    sa.add_argument("--seed", type=number("--seed", int, min=SEED_RANGE[0], max=SEED_RANGE[1]), default=0,
+                    help="random seed (default 0)")
+    sa.add_argument("--stage", type=number("--stage", int, min=0), default=None,
                     help="scaling stage to sample from (default: hierarchical sampling over all stages)")
     sa.set_defaults(func=cmd_sample)
 

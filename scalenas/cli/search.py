@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from scalenas.cli.common import add_option_flags, given
+from scalenas.cli.common import add_option_flags, given, number
 from scalenas.errors import ScalenasError
 from scalenas.search.job import EvaluationSettings
 from scalenas.search.strategies import strategy_names
@@ -33,14 +33,25 @@ def add_parser(sub) -> None:
     p.add_argument("--force", action="store_true", help="overwrite a finished search in --out")
     p.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
     p.add_argument("--strategy", default="markov", choices=strategy_names(), help="search strategy (default markov)")
-    p.add_argument("--stages", type=int, default=None, help="number of scaling stages S (default: the space's)")
-    p.add_argument("--growth", type=float, default=None, help="FLOPs ratio between stages (default: the space's)")
+    p.add_argument("--stages", type=number("--stages", int, min=1), default=None,
+                   help="number of scaling stages S, 1..the space's (default: the space's)")
+    p.add_argument("--growth", type=number("--growth", float, min=1.0, min_open=True), default=None,
+                   help="FLOPs ratio between stages, > 1 (default: the space's)")
     add_option_flags(p, SearchOptions, SEARCH_FLAGS, flag_names={"tolerance": "--flops-tolerance"})
-    p.add_argument("--stage-weights", default=None,
-                   help="fitness weights of stages 0..S, comma separated (default 0,1,...,1)")
+    p.add_argument("--stage-weights", default=None, type=_weights,
+                   help="fitness weights of stages 0..S, comma separated, finite and >= 0 (default 0,1,...,1)")
     add_option_flags(p, EvaluationSettings, EVAL_FLAGS)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def _weights(text: str) -> list[float]:
+    """``--stage-weights 0,1,1,1``: finite numbers >= 0 (their count is checked against the stages later)."""
+    weight = number("--stage-weights", float, min=0.0)
+    try:
+        return [weight(x.strip()) for x in text.split(",")]
+    except (ScalenasError, ValueError):
+        raise ScalenasError(f"--stage-weights {text!r}: expected comma-separated finite numbers >= 0") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,10 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     options = given(args, SEARCH_FLAGS, SearchOptions, {"tolerance": "--flops-tolerance"})
     if args.stage_weights:
-        try:
-            options["stage_weights"] = [float(x) for x in args.stage_weights.split(",")]
-        except ValueError:
-            raise ScalenasError(f"--stage-weights {args.stage_weights!r}: expected comma-separated numbers") from None
+        options["stage_weights"] = args.stage_weights
     options = check_options(SearchOptions(**options), "search option")
     evaluation = check_options(EvaluationSettings(**given(args, EVAL_FLAGS, EvaluationSettings)), "evaluation")
     ckpt, run_dir = resolve_inputs(args.run, args.supernet)

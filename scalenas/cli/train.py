@@ -39,7 +39,9 @@ def add_parser(sub) -> None:
         "data_seed": "seed of the train/holdout/test split (default: the job's data_seed, else its seed)"})
     p.add_argument("--out", default=None, help="run directory (default: results/runs/<time>-train-<name>)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out (default: the most recent standalone run) from its checkpoint")
+                   help="continue the run in --out (default: the most recent standalone run) from its checkpoint, "
+                   "with its saved recipe; a finished run stays unchanged unless --steps exceeds its total (then it "
+                   "trains on to --steps)")
     p.add_argument("--freeze-shared", action="store_true",
                    help="grown models: train only the adapters and per-instance norms")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -64,7 +66,12 @@ def run(args: argparse.Namespace) -> int:
     elif args.arch is None and args.init is None:
         raise ScalenasError("give --arch (an architecture JSON or a model file), or --resume")
     summary = train_standalone(cfg, args.arch, args.init, out, resume=args.resume, progress=not args.no_progress,
-                               freeze_shared=args.freeze_shared)
+                               freeze_shared=args.freeze_shared, extend_to=args.steps if args.resume else None)
+    if summary.get("already_finished"):
+        from scalenas.cli.train_supernet import finished_note
+
+        print(finished_note(summary))
+        return 0
     if not summary["finished"]:
         return 130
     r = summary["result"]

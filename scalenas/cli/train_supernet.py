@@ -25,9 +25,17 @@ def add_parser(sub) -> None:
     add_option_flags(p, TrainConfig, FLAGS)
     p.add_argument("--out", default=None, help="run directory (default: a new folder under results/runs/)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out (default: the most recent run) from its checkpoint")
+                   help="continue the run in --out (default: the most recent run) from its checkpoint, with its "
+                   "saved recipe; a finished run stays unchanged unless --steps exceeds its total (then it trains "
+                   "on to --steps)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def finished_note(summary: dict) -> str:
+    """What ``--resume`` of a finished run prints (nothing was changed)."""
+    return (f"{summary['out_dir']}: the run is already finished ({summary['step']}/{summary['total_steps']} steps); "
+            "nothing changed (give --steps larger than its total to train it further)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,7 +48,11 @@ def run(args: argparse.Namespace) -> int:
         raise ScalenasError(f"--resume: run directory {out} does not exist")
     # Resuming without --space/--job: the run's own space (from its checkpoint), not the default job's.
     summary = train_supernet(cfg, out, resume=args.resume, progress=not args.no_progress,
-                             space_from_checkpoint=args.resume and args.space is None and args.job is None)
+                             space_from_checkpoint=args.resume and args.space is None and args.job is None,
+                             extend_to=args.steps if args.resume else None)
+    if summary.get("already_finished"):
+        print(finished_note(summary))
+        return 0
     if not summary["finished"]:
         return 130
     panel = summary.get("panel")

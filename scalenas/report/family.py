@@ -19,10 +19,10 @@ from typing import Any
 import pandas as pd
 
 from scalenas.errors import ScalenasError
-from scalenas.io import atomic_write_bytes, atomic_write_csv, atomic_write_json
+from scalenas.io import atomic_write_bytes, atomic_write_csv, atomic_write_json, remove_file
 from scalenas.report.search_report import FAMILY_COLUMNS, family_frame, finish_plot, plot_pareto
 from scalenas.runs import RUNS_DIR, find_search_dir
-from scalenas.search.extrapolate import extrapolate
+from scalenas.search.extrapolate import MAX_GROWTH, MAX_STEPS, extrapolate
 from scalenas.spaces.arch import parse_subnet
 from scalenas.spaces.flops import FLOPS_CONVENTION
 from scalenas.spaces.space import load_space
@@ -33,6 +33,45 @@ from scalenas.train.standalone import find_results
 FORMATS = ("table", "csv", "markdown", "json")
 COLUMNS = ["stage", "kind", "flops", "params", "resolution", "depth_mult", "width_mult", "supernet_top1",
            "standalone_top1", "standalone_test_top1", "standalone_runs", "arch"]
+
+
+FAMILY_NEEDS = ("stage", "flops", "params", "resolution", "depth_mult", "width_mult")
+
+
+def read_table(path: Path, needs: tuple[str, ...] = (), what: str = "table") -> pd.DataFrame:
+    """A CSV file of a search folder, or one line saying what is wrong with it (empty, malformed, columns)."""
+    try:
+        frame = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise ScalenasError(f"{path}: empty file (no header, no rows)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise ScalenasError(f"{path}: malformed {what} ({first})") from None
+    except OSError as exc:
+        raise ScalenasError(f"{path}: unreadable ({exc.strerror or type(exc).__name__})") from None
+    missing = [c for c in needs if c not in frame.columns]
+    if missing:
+        raise ScalenasError(f"{path}: malformed {what}: column(s) {', '.join(missing)} missing")
+    for col in needs:  # the columns a table needs are numbers
+        try:
+            frame[col] = pd.to_numeric(frame[col])
+        except (ValueError, TypeError):
+            raise ScalenasError(f"{path}: malformed {what}: column {col!r} holds something other than "
+                                "numbers") from None
+    return frame
+
+
+def read_family_csv(path: Path) -> pd.DataFrame:
+    """``family.csv`` of a search folder: one row per member, with at least :data:`FAMILY_NEEDS`."""
+    fam = read_table(path, FAMILY_NEEDS, "family table")
+    if fam.empty:
+        raise ScalenasError(f"{path}: no members (only a header); re-run the search's reports "
+                            "(scalenas search --resume) or remove the file")
+    holes = fam[list(FAMILY_NEEDS)].isna().any(axis=1)
+    if holes.any():
+        raise ScalenasError(f"{path}: malformed family table: row {int(holes.to_numpy().argmax()) + 1} needs numbers "
+                            f"in {', '.join(FAMILY_NEEDS)}")
+    return fam
 
 
 # ------------------------------------------------------------------------------------------ a finished search
@@ -109,10 +148,13 @@ def extrapolate_search(folder: Path, steps: int, growth: float | None = None,
                        tolerance: float | None = None) -> dict[str, Any]:
     """Extrapolate the family of the search in ``folder`` and write the files; returns extrapolation.json."""
 
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ScalenasError(f"--steps must be an integer >= 1, got {steps!r}")
-    if growth is not None and (not math.isfinite(growth) or not growth > 1.0):
-        raise ScalenasError(f"--growth must be a number > 1, got {growth!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise ScalenasError(f"--steps must be an integer from 1 to {MAX_STEPS}, got {steps!r}")
+    if growth is not None and (not math.isfinite(growth) or not 1.0 < growth <= MAX_GROWTH):
+        raise ScalenasError(f"--growth must be a number > 1 and <= {MAX_GROWTH:g}, got {growth!r}")
+    if tolerance is not None and (isinstance(tolerance, bool) or not isinstance(tolerance, (int, float))
+                                  or not 0.0 < tolerance < 1.0):
+        raise ScalenasError(f"--tolerance must be a number in (0, 1), got {tolerance!r}")
     found = read_search(folder)
     best, chain = found["best"], found["chain"]
     space = search_space(folder, best)
@@ -122,6 +164,15 @@ def extrapolate_search(folder: Path, steps: int, growth: float | None = None,
     tol = float(best.get("tolerance") or 0.1) if tolerance is None else float(tolerance)
     base = best["base"]
     members = extrapolate(space, base, chain, steps, growth=growth, tolerance=tol)
+
+    fam_path = folder / "family.csv"  # read (and checked) before anything is written
+    if fam_path.is_file():
+        fam = read_family_csv(fam_path)
+        if "kind" not in fam.columns:
+            fam["kind"] = "searched"
+        fam = fam[fam["kind"].fillna("searched") != "extrapolated"]
+    else:
+        fam = family_frame(best)
 
     # member files: write the new ones, then drop stale ones from an earlier, longer extrapolation
     written = []
@@ -135,16 +186,8 @@ def extrapolate_search(folder: Path, steps: int, growth: float | None = None,
         m["file"] = path.name
     for old in folder.glob("member_s*.json"):
         if old.name not in written:
-            old.unlink()
+            remove_file(old)
 
-    fam_path = folder / "family.csv"
-    if fam_path.is_file():
-        fam = pd.read_csv(fam_path)
-        if "kind" not in fam.columns:
-            fam["kind"] = "searched"
-        fam = fam[fam["kind"].fillna("searched") != "extrapolated"]
-    else:
-        fam = family_frame(best)
     new_rows = pd.DataFrame([{k: m.get(k) for k in FAMILY_COLUMNS} for m in members], columns=FAMILY_COLUMNS)
     new_rows["top1"] = float("nan")
     cols = list(dict.fromkeys(list(FAMILY_COLUMNS) + list(fam.columns)))
@@ -194,7 +237,7 @@ def standalone_results(folder: Path, space) -> dict[str, dict[str, Any]]:
     seen_dirs: set[Path] = set()
     sa = folder / "standalone.csv"
     if sa.is_file():
-        frame = pd.read_csv(sa)
+        frame = read_table(sa, (), "table of standalone results")
         if "arch" in frame.columns and "holdout_top1" in frame.columns:
             for r in frame.to_dict("records"):
                 rows.append({"arch": r["arch"], "holdout_top1": r.get("holdout_top1"),
@@ -232,7 +275,7 @@ def family_table(folder: Path):
     space = search_space(folder, found["best"])
     fam_path = folder / "family.csv"
     if fam_path.is_file():
-        fam = pd.read_csv(fam_path)
+        fam = read_family_csv(fam_path)
     else:
         fam = family_frame(found["best"])
     if "kind" not in fam.columns:
@@ -240,16 +283,20 @@ def family_table(folder: Path):
     fam["kind"] = fam["kind"].fillna("searched")
     trained = standalone_results(folder, space)
     rows = []
-    for r in fam.to_dict("records"):
+    for i, r in enumerate(fam.to_dict("records")):
         key = _canonical(r.get("arch"), space)
         sa = trained.get(key, {}) if key else {}
         top1 = r.get("top1")
-        rows.append({"stage": int(r["stage"]), "kind": r["kind"], "flops": int(r["flops"]),
-                     "params": int(r["params"]), "resolution": int(r["resolution"]),
-                     "depth_mult": float(r["depth_mult"]), "width_mult": float(r["width_mult"]),
-                     "supernet_top1": None if top1 is None or pd.isna(top1) else float(top1),
-                     "standalone_top1": sa.get("holdout_top1"), "standalone_test_top1": sa.get("test_top1"),
-                     "standalone_runs": sa.get("runs", 0), "arch": key or r.get("arch")})
+        try:
+            rows.append({"stage": int(r["stage"]), "kind": r["kind"], "flops": int(r["flops"]),
+                         "params": int(r["params"]), "resolution": int(r["resolution"]),
+                         "depth_mult": float(r["depth_mult"]), "width_mult": float(r["width_mult"]),
+                         "supernet_top1": None if top1 is None or pd.isna(top1) else float(top1),
+                         "standalone_top1": sa.get("holdout_top1"), "standalone_test_top1": sa.get("test_top1"),
+                         "standalone_runs": sa.get("runs", 0), "arch": key or r.get("arch")})
+        except (KeyError, TypeError, ValueError, OverflowError):
+            raise ScalenasError(f"{fam_path}: malformed family table: row {i + 1} needs numbers in "
+                                f"{', '.join(FAMILY_NEEDS)}") from None
     frame = pd.DataFrame(rows, columns=COLUMNS)
     return frame.sort_values(["stage"], kind="stable").reset_index(drop=True)
 
@@ -335,7 +382,7 @@ def write_plots(folder: Path, frame) -> list[Path]:
     name = f"{best.get('space', '?')}: {best.get('strategy', '?')} search"
     paths = []
     if (folder / "pareto.csv").is_file():
-        pareto = pd.read_csv(folder / "pareto.csv")
+        pareto = read_table(folder / "pareto.csv", ("flops", "top1", "stage"), "pareto table")
         fam = family_frame(best)
         paths.append(atomic_write_bytes(folder / "pareto.png", plot_pareto(pareto, fam, name)))
     paths.append(atomic_write_bytes(folder / "family.png", plot_family(frame, f"{name}: family")))

@@ -20,13 +20,15 @@ from typing import Any, Sequence
 import numpy as np
 from scipy.optimize import brentq
 
-from scalenas.spaces.arch import Base, Subnet, derive_subnet
+from scalenas.spaces.arch import ARCH_LIMIT, Base, Subnet, arch_limits, derive_subnet
 from scalenas.errors import ScalenasError
 from scalenas.spaces.flops import subnet_flops_params
 from scalenas.spaces.space import SearchSpace, load_space
 from scalenas.spaces.targets import check_tolerance
 
 DECIMALS = 4  # multipliers of extrapolated members are written with 4 decimals (readable JSON)
+MAX_STEPS = 20  # members per extrapolation: 20 doublings are a million times the last member's FLOPs
+MAX_GROWTH = 100.0  # FLOPs ratio between two members
 _WINDOW = np.linspace(0.8, 1.2, 81)  # neighbouring step lengths searched around brentq's root, relative
 
 
@@ -65,14 +67,26 @@ def extrapolate(space: SearchSpace | str, base: Base | Sequence[Sequence[str]],
     """
     space = load_space(space)
     base = tuple(tuple(layers) for layers in base)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ScalenasError(f"extrapolation steps must be an integer >= 1, got {steps!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise ScalenasError(f"extrapolation steps must be an integer from 1 to {MAX_STEPS}, got {steps!r}")
     growth = space.growth if growth is None else growth
-    if isinstance(growth, bool) or not isinstance(growth, (int, float)) or not float(growth) > 1.0:
-        raise ScalenasError(f"growth must be a number > 1, got {growth!r}")
+    if isinstance(growth, bool) or not isinstance(growth, (int, float)) or not 1.0 < float(growth) <= MAX_GROWTH:
+        raise ScalenasError(f"growth must be a number > 1 and <= {MAX_GROWTH:g}, got {growth!r}")
     tolerance = check_tolerance(tolerance)
     u = step_direction(space, chain, weights)
     step, r0 = space.resolution_step, space.base_resolution
+    limits = arch_limits(space)
+
+    def buildable(sub: Subnet) -> bool:
+        """Within the architecture bounds (:data:`~scalenas.spaces.arch.ARCH_LIMIT` x the space's largest options),
+        so every member written can be read back, built and trained."""
+        return sub.depth <= limits["depth"] and sub.width <= limits["width"] and sub.resolution <= limits["resolution"]
+
+    def too_large(m: int) -> ScalenasError:
+        return ScalenasError(
+            f"extrapolation step {m}: the member would exceed the architecture bounds ({ARCH_LIMIT}x the largest "
+            f"options of space {space.name!r}: depth <= {limits['depth']:g}, width <= {limits['width']:g}, "
+            f"resolution <= {limits['resolution']:g}); extrapolate fewer steps or with a smaller growth")
 
     d, w, r = chain[-1]
     prev = Subnet(space.name, base, float(d), float(w), int(r))
@@ -93,6 +107,8 @@ def extrapolate(space: SearchSpace | str, base: Base | Sequence[Sequence[str]],
 
         t_hi = 0.05
         for _ in range(60):  # bounded bracket search: FLOPs grow without bound along u (u >= 0, |u| = 1)
+            if not buildable(at(t_hi)):  # never derive (or count) a network beyond the bounds
+                raise too_large(m)
             if log_gap(t_hi) > 0:
                 break
             t_hi *= 2.0
@@ -106,6 +122,8 @@ def extrapolate(space: SearchSpace | str, base: Base | Sequence[Sequence[str]],
         for t in sorted({t_star, *(t_star * _WINDOW).tolist()}):
             for shift in (0, -1, 1):
                 cand = at(t, shift)
+                if not buildable(cand):
+                    continue
                 key = derive_subnet(space, cand).key()
                 if key in seen or cand == prev:
                     continue
@@ -113,7 +131,8 @@ def extrapolate(space: SearchSpace | str, base: Base | Sequence[Sequence[str]],
                 score = (abs(log_gap_of(space, cand, target)), abs(t - t_star))
                 if best is None or score < best[:2]:
                     best = (*score, cand, t)
-        assert best is not None
+        if best is None:
+            raise too_large(m)
         _, _, member, t_used = best
         flops, params = subnet_flops_params(space, member)
         within = abs(flops / target - 1.0) <= tolerance

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from scalenas.errors import ScalenasError
-from scalenas.io import atomic_write_json
+from scalenas.io import atomic_write_json, folder_lock, remove_file, remove_stale_temps
 from scalenas.options import check_options, option
 from scalenas.runs import SUPERNET_CKPT, latest_run
 from scalenas.search.driver import run_search
@@ -76,6 +76,50 @@ def resolve_out(run_dir: Path, out: str | Path | None, force: bool, resume: bool
     return run_dir / f"search-{k}"
 
 
+def check_resumable(state_path: Path, probe: Strategy) -> dict[str, Any]:
+    """Load the saved search state into ``probe`` (a fresh strategy like the one that will resume), which
+    checks that it fits (format, strategy, space, targets); returns the saved options. Nothing is written."""
+    import json
+    import logging
+    import warnings
+
+    if not state_path.is_file():
+        raise ScalenasError(f"cannot resume: {state_path} does not exist")
+    try:
+        state = json.loads(state_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ScalenasError(f"cannot resume: {state_path} is unreadable ({type(exc).__name__})") from None
+    if not isinstance(state, dict):
+        raise ScalenasError(f"cannot resume: {state_path} is not a search state")
+    log = logging.getLogger(type(probe).__module__)
+    quiet = log.disabled
+    try:
+        # The resume itself warns about options that differ; this check stays silent.
+        log.disabled = True
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            probe.load_state_dict(state)
+    except ScalenasError as exc:
+        text = str(exc)
+        raise ScalenasError(text if text.startswith("cannot resume") else f"cannot resume {state_path}: {text}") \
+            from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise ScalenasError(f"cannot resume: {state_path} is damaged ({type(exc).__name__}: {exc})") from None
+    finally:
+        log.disabled = quiet
+    return probe.options.to_dict()
+
+
+def reports_complete(out_dir: Path) -> bool:
+    """Whether the reports of the search in ``out_dir`` were written after its last saved state (a kill between
+    the state write and the report writes leaves them behind: then a resume writes them again)."""
+    try:
+        state = (out_dir / "state.json").stat().st_mtime_ns
+        return all((out_dir / name).stat().st_mtime_ns >= state for name in ("best.json", "family.csv", "pareto.csv"))
+    except OSError:
+        return False
+
+
 def search_supernet(ckpt: Path, run_dir: Path, target_flops: str, *, strategy: str = "markov",
                     options: SearchOptions | None = None, evaluation: EvaluationSettings | None = None,
                     stages: int | None = None, growth: float | None = None, out: str | Path | None = None,
@@ -101,17 +145,14 @@ def search_supernet(ckpt: Path, run_dir: Path, target_flops: str, *, strategy: s
     search = make_strategy(strategy, space, targets, options)
     out_dir = resolve_out(run_dir, out, force, resume)
     recorded_options = search.options.to_dict()
-    if resume:
-        # Checked before anything starts or is written; on resume the saved options win, so record those.
-        import json
-
-        state_path = out_dir / "state.json"
-        if not state_path.is_file():
-            raise ScalenasError(f"cannot resume: {state_path} does not exist")
-        try:
-            recorded_options = json.loads(state_path.read_text())["options"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ScalenasError(f"cannot resume: {state_path} is unreadable ({exc})") from None
+    if resume:  # the saved state must fit this search (strategy, space, targets) before anything is written
+        probe = make_strategy(strategy, space, targets, options)
+        recorded_options = check_resumable(out_dir / "state.json", probe)
+        if probe.done and reports_complete(out_dir):  # a finished search stays as it is
+            announce(f"the search in {out_dir} is already finished ({probe.generation} generations, "
+                     f"{probe.evaluations} evaluations); nothing changed")
+            return {**probe.best(), "evaluations": probe.evaluations, "generations": probe.generation,
+                    "out_dir": str(out_dir), "seconds": 0.0, "targets": targets, "already_finished": True}
     device = evaluation.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise ScalenasError("--device cuda: no CUDA device is available")
@@ -119,12 +160,15 @@ def search_supernet(ckpt: Path, run_dir: Path, target_flops: str, *, strategy: s
     make = functools.partial(SupernetEvaluator, str(ckpt), calib_batches=evaluation.calib_batches, device=device,
                              threads=evaluation.threads_per_worker)
     t0 = time.perf_counter()
-    with EvaluatorPool(make, workers, threads_per_worker=evaluation.threads_per_worker,
-                       ray_address=evaluation.ray_address, gpus_per_worker=1.0 if device == "cuda" else 0.0) as pool:
-        if force and not resume and out_dir.exists():
+    # One search writes a folder at a time; a folder this creates is removed again if the search fails first.
+    with folder_lock(out_dir, "search"), \
+            EvaluatorPool(make, workers, threads_per_worker=evaluation.threads_per_worker,
+                          ray_address=evaluation.ray_address,
+                          gpus_per_worker=1.0 if device == "cuda" else 0.0) as pool:
+        remove_stale_temps(out_dir)
+        if force and not resume:
             for name in REPORT_FILES:
-                (out_dir / name).unlink(missing_ok=True)
-        out_dir.mkdir(parents=True, exist_ok=True)
+                remove_file(out_dir / name)
         atomic_write_json(out_dir / "search_config.json", {
             "supernet": str(ckpt), "space": space.name, "strategy": strategy, "targets": targets,
             "options": recorded_options, "workers": workers, "threads_per_worker": evaluation.threads_per_worker,

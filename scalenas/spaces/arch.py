@@ -7,6 +7,7 @@ supernet position). The supernet, the standalone model and the FLOPs counter all
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,11 @@ from scalenas.errors import ScalenasError
 from scalenas.spaces.space import SearchSpace, load_space, snap_multiplier
 
 Base = tuple[tuple[str, ...], ...]
+
+# An architecture's depth, width and resolution may be at most this many times the largest option of its space's
+# scaling stages (extrapolated members included): a larger one would build an absurd network (depth 1e9 layers,
+# millions of channels), so it is refused before anything is allocated (docs/method.md, "The architecture JSON").
+ARCH_LIMIT = 16
 
 
 @dataclass(frozen=True)
@@ -84,14 +90,18 @@ def parse_subnet(obj: Any, space: SearchSpace | None = None, *, allow_outside: b
                                     f"(stage {i} allows {', '.join(st.ops)})")
         base.append(tuple(layers))
     values = {}
-    for key, default, kind in (("depth", 1.0, (int, float)), ("width", 1.0, (int, float)),
-                               ("resolution", space.base_resolution, (int, float))):
+    # A missing depth / width / resolution is the base network's (1.0, 1.0, the space's base resolution): the
+    # documented default (docs/method.md, "The architecture JSON"), relied on by the Python API examples.
+    for key, default in (("depth", 1.0), ("width", 1.0), ("resolution", space.base_resolution)):
         v = obj.get(key, default)
-        if isinstance(v, bool) or not isinstance(v, kind):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise ScalenasError(f"{source}: field '{key}' must be a number, got {v!r}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ScalenasError(f"{source}: field '{key}' must be a finite number, got {v!r}")
         if key == "resolution" and isinstance(v, float):
             raise ScalenasError(f"{source}: field 'resolution' must be an integer, got {v!r}")
         values[key] = v
+    _check_buildable(space, values, source)
     d, w, r = float(values["depth"]), float(values["width"]), int(values["resolution"])
     stage = space.stage_of(d, w, r)
     if stage is None:
@@ -107,6 +117,29 @@ def parse_subnet(obj: Any, space: SearchSpace | None = None, *, allow_outside: b
     extra = set(obj) - {"space", "base", "depth", "width", "resolution"}
     del extra  # further fields are allowed (docs/method.md) and ignored here
     return Subnet(space.name, tuple(base), d, w, r)
+
+
+def arch_limits(space: SearchSpace) -> dict[str, float]:
+    """The largest depth, width and resolution an architecture of ``space`` may have: :data:`ARCH_LIMIT` times the
+    largest option of the space's scaling stages (docs/method.md). Anything larger is refused before it is built."""
+    return {"depth": ARCH_LIMIT * space.max_depth_mult, "width": ARCH_LIMIT * space.max_width_mult,
+            "resolution": ARCH_LIMIT * max(space.all_resolutions)}
+
+
+def _check_buildable(space: SearchSpace, values: dict[str, Any], source: str) -> None:
+    limits = arch_limits(space)
+    largest = {"depth": space.max_depth_mult, "width": space.max_width_mult,
+               "resolution": max(space.all_resolutions)}
+    for key, limit in limits.items():
+        if values[key] > limit:
+            raise ScalenasError(f"{source}: field '{key}' is {_short_number(values[key])}, more than {ARCH_LIMIT}x "
+                                f"the largest {key} option of space {space.name!r} ({largest[key]:g}): at most "
+                                f"{limit:g}")
+
+
+def _short_number(v: float) -> str:
+    text = f"{v:g}" if isinstance(v, float) else str(v)
+    return text if len(text) <= 24 else f"{text[:8]}... ({len(text)} digits)"
 
 
 def _describe_options(space: SearchSpace) -> str:
@@ -125,12 +158,17 @@ def read_arch(text_or_path: str, space: SearchSpace | None = None, *, allow_outs
         if not p.is_file():
             raise ScalenasError(f"architecture file not found: {text_or_path} (give a file or inline JSON)")
         source = str(p)
-        text = p.read_text()
+        try:
+            text = p.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ScalenasError(f"{source}: unreadable architecture file ({type(exc).__name__})") from None
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ScalenasError(f"{source}: malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") \
             from None
+    except (ValueError, RecursionError) as exc:  # e.g. an integer of more than 4300 digits
+        raise ScalenasError(f"{source}: malformed JSON ({str(exc).splitlines()[0][:120]})") from None
     return parse_subnet(obj, space, allow_outside=allow_outside, source=source)
 
 

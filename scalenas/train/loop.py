@@ -8,6 +8,7 @@ all-reduces the path's gradients; the standalone step is a plain forward/backwar
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -159,13 +160,101 @@ class LoopState:
     train_seconds: float = 0.0
 
 
+def _plain(value: Any) -> Any:
+    """A log value as a plain python number or string (what ``weights_only`` loading admits)."""
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    return value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
+
+
 def common_payload(step_obj: TrainStep, batches, state: LoopState, total: int, finished: bool,
                    cfg_record: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint fields every run has; callers add their own (format, space, model kind, ...)."""
+    """The checkpoint fields every run has; callers add their own (format, space, model kind, ...).
+
+    ``log_rows`` (the ``train_log.csv`` rows up to this step) travel inside the checkpoint, so the log can be
+    rebuilt from it: a kill between the checkpoint write and the log write loses no row.
+    """
     return {"model": step_obj.model.state_dict(), "optimizer": step_obj.optimizer.state_dict(),
             "sampler": step_obj.state_dict(), "data": batches.state_dict(), "torch_rng": torch.get_rng_state(),
             "step": state.step, "total_steps": total, "finished": finished, "config": cfg_record,
-            "train_seconds": state.train_seconds}
+            "train_seconds": state.train_seconds,
+            "log_rows": [{str(k): _plain(v) for k, v in row.items()} for row in state.log_rows]}
+
+
+def _saved_rows(payload: dict[str, Any], out_dir: Path, step: int, where: str) -> list[dict[str, Any]]:
+    """The log rows up to ``step``: the checkpoint's own (``log_rows``), else (an older checkpoint) the
+    ``train_log.csv`` beside it."""
+    rows = payload.get("log_rows")
+    if rows is not None:
+        if not isinstance(rows, list) or not all(isinstance(r, dict) and isinstance(r.get("step"), int)
+                                                 for r in rows):
+            raise ScalenasError(f"{where}: damaged checkpoint: field 'log_rows' is not a list of log rows")
+        return [dict(r) for r in rows if r["step"] <= step]
+    log_path = out_dir / LOG_NAME
+    if not log_path.is_file():
+        return []
+    try:
+        frame = pd.read_csv(log_path)
+        return [r for r in frame.to_dict("records") if r["step"] <= step]
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, KeyError, TypeError, ValueError, OSError):
+        return []  # an unreadable log of an old checkpoint: the log restarts from the checkpoint
+
+
+def write_log(out_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """``train_log.csv`` from the rows (the human-readable copy of the checkpoint's ``log_rows``)."""
+    if rows:
+        atomic_write_csv(out_dir / LOG_NAME, pd.DataFrame(rows))
+
+
+def resumed_config(cfg: TrainConfig, payload: dict[str, Any], where: str) -> TrainConfig:
+    """``cfg`` with the checkpoint's saved recipe on top (the run's own recipe wins on resume, so the weights
+    match an uninterrupted run), validated like a job file."""
+    from scalenas.train.config import validate
+
+    saved = payload.get("config", {})
+    if not isinstance(saved, dict):
+        raise ScalenasError(f"{where}: damaged checkpoint: field 'config' is not a mapping")
+    base = cfg.to_dict()
+    try:
+        merged = TrainConfig(**{**base, **{k: v for k, v in saved.items() if k in base}})
+    except TypeError as exc:
+        raise ScalenasError(f"{where}: damaged checkpoint: field 'config': {exc}") from None
+    return validate(merged, f"{where}: saved config")
+
+
+def log_agrees(out_dir: Path, payload: dict[str, Any]) -> bool:
+    """Whether ``train_log.csv`` holds exactly the checkpoint's log rows (by step)."""
+    rows = payload.get("log_rows")
+    if not isinstance(rows, list) or not rows:
+        return True  # an older checkpoint (no rows inside), or nothing logged yet: nothing to compare
+    try:
+        steps = pd.read_csv(out_dir / LOG_NAME)["step"].tolist()
+    except (OSError, pd.errors.EmptyDataError, pd.errors.ParserError, KeyError, ValueError):
+        return False
+    return steps == [r.get("step") if isinstance(r, dict) else None for r in rows]
+
+
+def resumed_total(cfg: TrainConfig, payload: dict[str, Any], extend_to: int | None, out_dir: Path,
+                  where: str, outputs: tuple[str, ...] = ()) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """What a resume does with the run's total: ``(cfg, None)`` to train on, or ``(cfg, summary)`` when the run
+    is finished and stays as it is (nothing is written; ``summary["already_finished"]`` is True).
+
+    ``extend_to`` (``--steps`` given with ``--resume``) larger than the run's total extends the run to that many
+    steps, finished or not; otherwise the saved total wins. A run whose last checkpoint says finished but whose
+    end was cut short (one of ``outputs`` missing, or the log behind the checkpoint) is completed, not skipped.
+    """
+    step, total = payload.get("step"), payload.get("total_steps")
+    if isinstance(step, bool) or not isinstance(step, int) or isinstance(total, bool) or not isinstance(total, int) \
+            or not 0 <= step <= total:
+        raise ScalenasError(f"{where}: damaged checkpoint: step {step!r} of total_steps {total!r}")
+    if extend_to is not None and extend_to > total:
+        cfg = dataclasses.replace(cfg, steps=int(extend_to), epochs=None)
+        return cfg, None
+    complete = all((out_dir / name).is_file() for name in outputs) and log_agrees(out_dir, payload)
+    if payload.get("finished") is True and complete:
+        return cfg, {"out_dir": str(out_dir), "step": step, "total_steps": total, "finished": True,
+                     "already_finished": True}
+    return cfg, None
 
 
 def restore(payload: dict[str, Any], step_obj: TrainStep, batches, out_dir: Path, where: str) -> LoopState:
@@ -178,14 +267,11 @@ def restore(payload: dict[str, Any], step_obj: TrainStep, batches, out_dir: Path
         batches.load_state_dict(payload["data"])
         torch.set_rng_state(payload["torch_rng"])
         step = int(payload["step"])
-    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        seconds = float(payload.get("train_seconds", 0.0))
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ScalenasError(f"{where}: weights do not fit this run (another space or model?): {first}") from None
-    rows: list[dict[str, Any]] = []
-    log_path = out_dir / LOG_NAME
-    if log_path.is_file():
-        rows = [r for r in pd.read_csv(log_path).to_dict("records") if r["step"] <= step]
-    return LoopState(step, rows, float(payload.get("train_seconds", 0.0)))
+    return LoopState(step, _saved_rows(payload, out_dir, step, where), seconds)
 
 
 # ------------------------------------------------------------------------------- the loop
@@ -205,9 +291,11 @@ def run_loop(step_obj: TrainStep, batches, cfg: TrainConfig, *, total: int, devi
     def checkpoint(finished: bool) -> None:
         if not main:
             return
-        save_checkpoint(finished)
-        if state.log_rows:
-            atomic_write_csv(out_dir / LOG_NAME, pd.DataFrame(state.log_rows))
+        save_checkpoint(finished)  # holds the log rows too: a kill before the next line loses none
+        write_log(out_dir, state.log_rows)
+
+    if main and state.step > 0:  # resumed: the log agrees with the checkpoint from the first moment
+        write_log(out_dir, state.log_rows)
 
     stop = StopRequest()
     bar = tqdm(total=total, initial=state.step, disable=not (progress and main), dynamic_ncols=True, desc=desc,

@@ -34,7 +34,8 @@ from torch import nn
 
 from scalenas.data.datasets import BatchIterator, load_data, resize_batch
 from scalenas.errors import ScalenasError
-from scalenas.io import atomic_torch_save, atomic_write_json, atomic_write_text, safe_torch_load, seed_everything
+from scalenas.io import (atomic_torch_save, atomic_write_json, atomic_write_text, folder_lock, make_dir,
+                         remove_stale_temps, safe_torch_load, seed_everything)
 from scalenas.models.registry import load_model, model_class, model_kinds, save_model
 from scalenas.runs import RUNS_DIR, STANDALONE_CKPT, latest_run, new_run_dir
 from scalenas.spaces.arch import Subnet, derive_subnet, read_arch
@@ -42,8 +43,8 @@ from scalenas.spaces.flops import FLOPS_CONVENTION, count_params, fvcore_flops, 
 from scalenas.spaces.space import SearchSpace, load_space
 from scalenas.train.config import TrainConfig, dump_config
 from scalenas.train.evaluate import accuracy
-from scalenas.train.loop import LoopState, Precision, StepResult, common_payload, resolve_device, restore, run_loop, \
-    total_steps
+from scalenas.train.loop import (LoopState, Precision, StepResult, common_payload, resolve_device, restore,
+                                 resumed_config, resumed_total, run_loop, total_steps)
 from scalenas.train.optim import make_optimizer
 
 TRAIN_CKPT_NAME = STANDALONE_CKPT
@@ -242,20 +243,33 @@ def read_train_checkpoint(path: Path) -> dict[str, Any]:
     payload = safe_torch_load(path, "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != TRAIN_CKPT_FORMAT:
         raise ScalenasError(f"{path}: not a scalenas standalone training checkpoint ({TRAIN_CKPT_FORMAT!r})")
-    for key in ("model_kind", "model_config", "model", "optimizer", "step", "config"):
+    for key in ("model_kind", "model_config", "model", "optimizer", "step", "total_steps", "config"):
         if key not in payload:
             raise ScalenasError(f"{path}: checkpoint lacks field {key!r}")
+    for key, kind in (("model_kind", str), ("model_config", dict), ("model", dict), ("optimizer", dict),
+                      ("config", dict)):
+        if not isinstance(payload[key], kind):
+            raise ScalenasError(f"{path}: damaged checkpoint: field {key!r} is not a {kind.__name__}")
     return payload
 
 
 def _rebuild(payload: dict[str, Any], path: Path) -> ModelSpec:
-    model = model_class(payload["model_kind"], str(path)).from_config(payload["model_config"])
+    """The checkpoint's model with its weights, or one line saying why it cannot be rebuilt."""
+    cls = model_class(payload["model_kind"], str(path))
+    try:
+        model = cls.from_config(payload["model_config"])
+    except ScalenasError as exc:
+        raise ScalenasError(f"{path}: damaged checkpoint: field 'model_config': {exc}") from None
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+        raise ScalenasError(f"{path}: damaged checkpoint: field 'model_config' does not build a "
+                            f"{payload['model_kind']!r} model ({type(exc).__name__}: {exc})") from None
     try:
         model.load_state_dict(payload["model"])
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
+    except (RuntimeError, TypeError, ValueError, KeyError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ScalenasError(f"{path}: weights do not fit the model config: {first}") from None
-    return describe_model(model, payload.get("name", "model"), payload.get("init", ""))
+    name, init = payload.get("name", "model"), payload.get("init", "")
+    return describe_model(model, name if isinstance(name, str) else "model", init if isinstance(init, str) else "")
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -287,30 +301,48 @@ class StandaloneStep:
 
 def train_standalone(cfg: TrainConfig, arch: str | None = None, init: str | None = None,
                      out_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
-                     stop_after: int | None = None, freeze_shared: bool = False) -> dict[str, Any]:
+                     stop_after: int | None = None, freeze_shared: bool = False,
+                     extend_to: int | None = None) -> dict[str, Any]:
     """Train (or resume) one standalone model; returns a summary dict (``result`` holds the top-1s).
 
-    ``stop_after`` simulates an interruption after that many steps (checkpoint saved, ``finished`` False).
+    ``stop_after`` simulates an interruption after that many steps (checkpoint saved, ``finished`` False). On
+    resume the run's saved recipe wins; a finished run is left as it is (``already_finished`` in the summary,
+    every file unchanged) unless ``extend_to`` (``--steps`` with ``--resume``) exceeds its total. The run folder
+    is locked while this runs (:func:`~scalenas.io.folder_lock`); stale temp files are removed.
     """
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
     # Everything that can fail on bad input fails before anything is written.
-    payload = None
+    spec = None
     if resume:
         out_dir = Path(out_dir) if out_dir is not None else latest_train_run()
-        payload = read_train_checkpoint(out_dir / TRAIN_CKPT_NAME)
-        saved = payload.get("config", {})
-        # The run's own recipe wins on resume, so the weights match an uninterrupted run.
-        cfg = TrainConfig(**{**cfg.to_dict(), **{k: v for k, v in saved.items() if k in cfg.to_dict()}})
-        spec = _rebuild(payload, out_dir / TRAIN_CKPT_NAME)
+        if not (out_dir / TRAIN_CKPT_NAME).is_file():
+            raise ScalenasError(f"--resume: nothing to resume in {out_dir} (no {TRAIN_CKPT_NAME})")
     else:
         spec = build_model(arch, init, cfg.seed, cfg.dropout, freeze_shared)
         out_dir = Path(out_dir) if out_dir is not None else new_run_dir(f"train-{spec.name}")
         if (out_dir / TRAIN_CKPT_NAME).exists():
             raise ScalenasError(f"{out_dir} already holds a training run; use --resume or another --out")
     out_dir = Path(out_dir)
+    with folder_lock(out_dir, "training run"):
+        remove_stale_temps(out_dir)
+        return _train_standalone(cfg, spec, out_dir, device, progress, stop_after, extend_to)
+
+
+def _train_standalone(cfg: TrainConfig, spec: ModelSpec | None, out_dir: Path, device: torch.device,
+                      progress: bool, stop_after: int | None, extend_to: int | None) -> dict[str, Any]:
+    payload = None
+    if spec is None:  # resume
+        ckpt_path = out_dir / TRAIN_CKPT_NAME
+        payload = read_train_checkpoint(ckpt_path)
+        cfg = resumed_config(cfg, payload, str(ckpt_path))
+        cfg, done = resumed_total(cfg, payload, extend_to, out_dir, str(ckpt_path),
+                                  outputs=("final.pt", RESULT_NAME))
+        if done:
+            return done
+        spec = _rebuild(payload, ckpt_path)
     data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
     data = load_data(cfg.data, seed=data_seed, holdout_frac=cfg.holdout_frac, test_frac=cfg.test_frac,
                      in_channels=spec.in_channels, store_size=cfg.store_size)
@@ -334,7 +366,7 @@ def train_standalone(cfg: TrainConfig, arch: str | None = None, init: str | None
     flops, params = model_flops_params(spec)
     cfg_record = {**cfg.to_dict(), "data_seed": data_seed}
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir)
     atomic_write_text(out_dir / "config.yaml", dump_config(cfg))
     data.save_info(out_dir / "split.json")
     atomic_write_json(out_dir / "arch.json", spec.arch_record())

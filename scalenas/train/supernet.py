@@ -7,6 +7,7 @@ the gradients of the path are averaged with one all-reduce per step.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -20,7 +21,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from scalenas.errors import ScalenasError
-from scalenas.io import atomic_write_csv, atomic_write_json, atomic_write_text, seed_everything
+from scalenas.io import (atomic_write_csv, atomic_write_json, atomic_write_text, folder_lock, make_dir,
+                         remove_stale_temps, seed_everything)
 from scalenas.models.supernet import SuperNet
 from scalenas.runs import latest_run, new_run_dir
 from scalenas.spaces.arch import Subnet, extreme_subnets, sample_base, sample_subnet
@@ -31,7 +33,8 @@ from scalenas.train.checkpoint import CKPT_NAME, checkpoint_space, read_checkpoi
 from scalenas.train.config import TrainConfig, dump_config
 from scalenas.train.evaluate import calibration_batches, soft_cross_entropy, subnet_top1
 from scalenas.train.loop import (DistInfo, LoopState, Precision, StepResult, common_payload, init_distributed,
-                                 resolve_device, restore, run_loop, total_steps)
+                                 resolve_device, restore, resumed_config, resumed_total, run_loop,
+                                 total_steps)
 from scalenas.train.optim import make_optimizer, masks_from_record
 
 # Debug hook (tests of multi-process runs): when set, every process appends one JSON line per step to
@@ -141,11 +144,14 @@ class SupernetStep:
 # ------------------------------------------------------------------------------- the trainer
 def train_supernet(cfg: TrainConfig, out_dir: Path | None = None, resume: bool = False,
                    progress: bool = True, stop_after: int | None = None, *,
-                   space_from_checkpoint: bool = False) -> dict[str, Any]:
+                   space_from_checkpoint: bool = False, extend_to: int | None = None) -> dict[str, Any]:
     """Train (or resume) a supernet run; returns a summary dict. ``stop_after`` simulates an interruption.
 
     On resume the run's saved recipe wins over ``cfg``. ``cfg.space`` must name the checkpoint's space, unless
     ``space_from_checkpoint`` (the CLI's ``--resume`` without ``--space``/``--job``) takes it from the checkpoint.
+    A finished run is left as it is (every file unchanged; the summary says ``already_finished``) unless
+    ``extend_to`` (the CLI's ``--steps`` on resume) exceeds its total: then it trains on to that many steps.
+    The run folder is locked (:func:`~scalenas.io.folder_lock`) while this runs; stale temp files are removed.
     """
     wall_start = time.perf_counter()
     space = None if (resume and space_from_checkpoint) else load_space(cfg.space)
@@ -153,29 +159,42 @@ def train_supernet(cfg: TrainConfig, out_dir: Path | None = None, resume: bool =
     device = resolve_device(cfg.device, dinfo.local_rank)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-
-    # Everything that can fail on bad input fails before anything is written.
-    payload = None
     if resume:
         if out_dir is None:
             out_dir = latest_run(CKPT_NAME)
-        ckpt_path = Path(out_dir) / CKPT_NAME
-        if not ckpt_path.is_file():
+        if not (Path(out_dir) / CKPT_NAME).is_file():
             raise ScalenasError(f"--resume: nothing to resume in {out_dir} (no {CKPT_NAME})")
+    else:
+        out_dir = Path(out_dir) if out_dir is not None else new_run_dir(Path(cfg.space).stem)
+        if (out_dir / CKPT_NAME).exists():
+            raise ScalenasError(f"{out_dir} already holds a checkpoint; use --resume or another --out")
+    out_dir = Path(out_dir)
+    with folder_lock(out_dir, "training run") if dinfo.main else contextlib.nullcontext():
+        if dinfo.main:
+            remove_stale_temps(out_dir)
+        return _train_supernet(cfg, out_dir, space, dinfo, device, resume, progress, stop_after, extend_to,
+                               wall_start)
+
+
+def _train_supernet(cfg: TrainConfig, out_dir: Path, space: SearchSpace | None, dinfo: DistInfo,
+                    device: torch.device, resume: bool, progress: bool, stop_after: int | None,
+                    extend_to: int | None, wall_start: float) -> dict[str, Any]:
+    # Everything that can fail on bad input fails before anything is written.
+    payload = None
+    if resume:
+        ckpt_path = out_dir / CKPT_NAME
         payload = read_checkpoint(ckpt_path)
         if space is None:
             space = checkpoint_space(payload, str(ckpt_path))
         if payload["space"] != space.name:
             raise ScalenasError(f"{ckpt_path}: checkpoint of space {payload['space']!r}, but the job trains "
                                 f"{space.name!r}")
-        saved = payload.get("config", {})
         # The run's own recipe wins on resume, so the weights match an uninterrupted run.
-        cfg = TrainConfig(**{**cfg.to_dict(), **{k: v for k, v in saved.items() if k in cfg.to_dict()}})
-    else:
-        out_dir = Path(out_dir) if out_dir is not None else new_run_dir(Path(cfg.space).stem)
-        if (out_dir / CKPT_NAME).exists():
-            raise ScalenasError(f"{out_dir} already holds a checkpoint; use --resume or another --out")
-    out_dir = Path(out_dir)
+        cfg = resumed_config(cfg, payload, str(ckpt_path))
+        cfg, done = resumed_total(cfg, payload, extend_to, out_dir, str(ckpt_path),
+                                  outputs=("panel.csv", "run_summary.json"))
+        if done:
+            return done
     data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
     data = load_data(cfg.data, seed=data_seed, holdout_frac=cfg.holdout_frac, test_frac=cfg.test_frac,
                      in_channels=space.in_channels, store_size=cfg.store_size)
@@ -201,7 +220,7 @@ def train_supernet(cfg: TrainConfig, out_dir: Path | None = None, resume: bool =
     cfg_record = {**cfg.to_dict(), "data_seed": data_seed}
 
     if dinfo.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        make_dir(out_dir)
         atomic_write_text(out_dir / "config.yaml", dump_config(cfg))
         data.save_info(out_dir / "split.json")
 

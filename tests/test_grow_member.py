@@ -110,3 +110,73 @@ def test_onnx_export_matches_pytorch(kind, tmp_path):
     for batch in (1, 5):  # dynamic batch size
         assert check_onnx(model, path, batch=batch) <= 1e-4
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+# ------------------------------------------------------------------------------------------ command line
+@pytest.fixture(scope="module")
+def tiny_search(tmp_path_factory):
+    """A tiny trained supernet, a 1-generation search and one extrapolated member."""
+    from scalenas.cli.main import main
+    from scalenas.spaces.targets import reachable_target
+
+    root = tmp_path_factory.mktemp("family")
+    run = root / "run"
+    assert main(["train-supernet", "--steps", "3", "--batch-size", "16", "--panel-random", "0", "--out", str(run),
+                 "--no-progress"]) == 0
+    target = reachable_target(load_space("digits-tiny"))
+    assert main(["search", "--run", str(run), "--target-flops", str(target), "--population", "4", "--generations",
+                 "1", "--elites", "2", "--workers", "0", "--no-progress"]) == 0
+    assert main(["extrapolate", "--run", str(run / "search"), "--steps", "1"]) == 0
+    return run / "search"
+
+
+@pytest.mark.slow
+def test_cli_train_family_grow_then_grow_to_and_onnx(tiny_search, tmp_path, capsys):
+    import pandas as pd
+
+    from scalenas.cli.main import main
+    from scalenas.models.registry import load_model
+
+    assert main(["train", "--family", str(tiny_search), "--grow", "--steps", "2", "--batch-size", "16",
+                 "--no-progress"]) == 0
+    rows = pd.read_csv(tiny_search / "standalone.csv")
+    assert sorted(rows["stage"]) == [0, 1, 2, 3, 4] and rows["init"].str.contains("grown-init").sum() == 4
+    assert main(["report", str(tiny_search), "--format", "csv", "--no-plots"]) == 0
+    table = capsys.readouterr().out
+    assert "extrapolated" in table
+    # rerunning resumes: every member is finished, nothing is retrained
+    before = (tiny_search / "family-grown" / "s4" / "result.json").stat().st_mtime_ns
+    assert main(["train", "--family", str(tiny_search), "--grow", "--steps", "2", "--no-progress"]) == 0
+    assert (tiny_search / "family-grown" / "s4" / "result.json").stat().st_mtime_ns == before
+
+    s3 = tiny_search / "family-grown" / "s3" / "final.pt"
+    out = tmp_path / "s4.pt"
+    assert main(["grow", "--model", str(s3), "--to", str(tiny_search / "member_s4.json"), "--out", str(out)]) == 0
+    small, big = load_model(s3).eval(), load_model(out).eval()
+    x = torch.randn(2, 1, small.resolution, small.resolution)
+    with torch.no_grad():
+        assert (small(x) - big(x)).abs().max().item() <= 1e-5
+    # growing back down is refused in one line, nothing written
+    assert main(["grow", "--model", str(out), "--to", json_of(small), "--out", str(tmp_path / "x.pt")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1 and not (tmp_path / "x.pt").exists()
+    pytest.importorskip("onnxruntime")
+    assert main(["export", "--model", str(out), "--format", "onnx", "--out", str(tmp_path / "s4.onnx")]) == 0
+    assert "max abs diff" in capsys.readouterr().out
+
+
+def json_of(model) -> str:
+    return model.subnet.to_json()
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["grow", "--model", "m.pt", "--out", "o.pt"], "--depth"),
+    (["export", "--arch", "{}", "--model", "m.pt", "--out", "o.onnx"], "not both"),
+    (["train", "--grow", "--arch", "vit"], "--family"),
+])
+def test_cli_refusals(argv, expect, tmp_path, monkeypatch, capsys):
+    from scalenas.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expect in err[0]

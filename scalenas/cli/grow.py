@@ -2,6 +2,7 @@
 
     scalenas grow --model vit.pt --depth 2x --out vit_x2.pt
     scalenas grow --model cnn.pt --depth 2x --order interleave --adapter lowrank --rank 4 --out cnn_x2.pt
+    scalenas grow --model s3.pt --to RUN/search/member_s4.json --out s4.pt     # member -> next member
 
 The output is a model file of kind ``"grown"``: ``modelio.load_model`` rebuilds it with the sharing in place.
 """
@@ -47,7 +48,17 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
                     "every block instance gets its own small adapter. Prints the parameter overhead with "
                     "shared tensors counted once.")
     p.add_argument("--model", required=True, metavar="FILE", help="scalenas model file to grow")
-    p.add_argument("--depth", required=True, metavar="2x|N", type=_depth,
+    p.add_argument("--to", default=None, metavar="MEMBER_JSON",
+                   help="grow a trained CNN member into this larger member of the same base network (deeper, "
+                   "wider, higher resolution; function preserving) instead of --depth")
+    init = p.add_mutually_exclusive_group()
+    init.add_argument("--copy", dest="depth_init", action="store_const", const="copy",
+                      help="--to: extra layers start as copies of same-op layers that add zero (default)")
+    init.add_argument("--fresh", dest="depth_init", action="store_const", const="fresh",
+                      help="--to: extra layers start freshly initialised, adding zero")
+    p.add_argument("--seed", type=number("--seed", int, min=0), default=0,
+                   help="--to: seed of the channel replicas and weight splits (default 0)")
+    p.add_argument("--depth", default=None, metavar="2x|N", type=_depth,
                    help=f"factor per block list (2x .. {MAX_FACTOR}x) or total blocks N (2..{MAX_BLOCKS}) of a "
                    "single block list")
     p.add_argument("--order", choices=ORDERS, default="stack",
@@ -70,6 +81,10 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 def run(args: argparse.Namespace) -> int:
     """Load ``--model``, grow it, save it atomically to ``--out``, print the parameter report."""
+    if (args.to is None) == (args.depth is None):
+        raise ScalenasError("grow: give --depth (shared layers) or --to MEMBER_JSON (the next member), not both")
+    if args.to is not None:
+        return _grow_to_member(args)
     model = load_model(args.model)
     grown = grow(model, args.depth, order=args.order, adapter=args.adapter, rank=args.rank,
                  scale=args.scale, share_norms=args.share_norms, block_lists=args.blocks,
@@ -83,3 +98,23 @@ def run(args: argparse.Namespace) -> int:
     print(f"parameters: original {report['original']:,}, grown {report['grown']:,} "
           f"(shared tensors counted once), overhead {report['overhead_pct']:.2f} %")
     return 0
+
+
+def _grow_to_member(args: argparse.Namespace) -> int:
+    from scalenas.models.grow_member import grow_to
+    from scalenas.spaces.arch import read_arch
+    from scalenas.spaces.flops import count_params
+
+    model = load_model(args.model)
+    space_name = getattr(getattr(model, "subnet", None), "space", None)
+    if space_name is None:
+        raise ScalenasError(f"--to: {args.model} is not a scalenas CNN member (kind "
+                            f"{getattr(model, 'model_kind', '?')!r})")
+    target = read_arch(args.to, None, allow_outside=True)
+    grown = grow_to(model, target, depth_init=args.depth_init or "copy", seed=args.seed)
+    save_model(args.out, grown, extra={"source": f"grown from {args.model}"})
+    print(f"grown {args.model} ({model.subnet.short()}) -> {args.out} ({target.short()}), "
+          f"{count_params(model):,} -> {count_params(grown):,} params; function preserving "
+          f"(extra layers: {args.depth_init or 'copy'})")
+    return 0
+

@@ -116,6 +116,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     from scalenas.models.standalone import StandaloneNet
     from scalenas.models.supernet import export_subnet, fits_supernet
 
+    if (args.arch is None) == (args.model is None):
+        raise ScalenasError("export: give --arch (a subnet) or --model (a model file), not both")
+    fmt = args.format or ("onnx" if args.model else "pt")
+    if args.model is not None:
+        return _export_model_file(args, fmt)
+    if fmt == "onnx":
+        raise ScalenasError("--format onnx: export a model file (--model FILE); build it first with --arch ... "
+                            "--out m.pt")
     sub = _read_arch(args)
     space = load_space(sub.space) if not args.space else _space_arg(args)
     if args.supernet:
@@ -132,6 +140,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     save_model(args.out, model, extra={"flops": flops, "source": source})
     print(f"wrote {args.out}: {sub.short()}, {_fmt(flops)} FLOPs, {_fmt(params)} params, weights from {source}")
     print("load it with: from scalenas.models.registry import load_model; model = load_model(PATH)")
+    return 0
+
+
+def _export_model_file(args: argparse.Namespace, fmt: str) -> int:
+    from scalenas.models.onnx_export import check_onnx, export_onnx
+    from scalenas.models.registry import load_model
+
+    if fmt != "onnx":
+        raise ScalenasError("--model: the only conversion is --format onnx")
+    if args.supernet or args.space:
+        raise ScalenasError("--model: --supernet and --space apply to --arch only")
+    model = load_model(args.model)
+    path = export_onnx(model, args.out)
+    try:
+        diff = check_onnx(model, path)
+        check = f"onnxruntime vs PyTorch max abs diff {diff:.2e}"
+    except ScalenasError:
+        check = "not checked (onnxruntime is not installed)"
+    print(f"wrote {path}: {getattr(model, 'model_kind', '?')} model from {args.model} (dynamic batch); {check}")
     return 0
 
 
@@ -170,10 +197,16 @@ def add_parser(sub) -> None:
     fl.add_argument("--json", action="store_true", help="print one JSON object")
     fl.set_defaults(func=cmd_flops)
 
-    ex = sub.add_parser("export", help="build a standalone model file for a subnet")
+    ex = sub.add_parser("export", help="build a standalone model file for a subnet, or export a model file to ONNX",
+                        description="--arch: a standalone model file (.pt) of a subnet (fresh weights or copied from "
+                        "--supernet). --model FILE --format onnx: any scalenas model file as ONNX (dynamic batch; "
+                        "needs pip install 'scalenas[export]').")
     ex.add_argument("--space", default=None, help="space (default: the one named in the JSON)")
-    ex.add_argument("--arch", required=True, help="architecture JSON file or inline JSON string")
+    ex.add_argument("--arch", default=None, help="architecture JSON file or inline JSON string")
+    ex.add_argument("--model", default=None, help="a scalenas model file to convert (with --format onnx)")
+    ex.add_argument("--format", choices=("pt", "onnx"), default=None,
+                    help="output format: pt (scalenas model file, default for --arch) or onnx (default for --model)")
     ex.add_argument("--supernet", default=None, help="supernet checkpoint to copy weights from (else fresh init)")
     ex.add_argument("--side", type=int, default=0, choices=(0, 1), help="coupling side of the slices (default 0)")
-    ex.add_argument("--out", required=True, help="output model file (.pt)")
+    ex.add_argument("--out", required=True, help="output file (.pt model file, or .onnx)")
     ex.set_defaults(func=cmd_export)

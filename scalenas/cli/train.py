@@ -34,6 +34,12 @@ def add_parser(sub) -> None:
                    help="initial weights: scratch (default for a JSON), supernet:CKPT (inherit from a supernet "
                    "checkpoint or run dir; the member must fit inside it) or a model file (e.g. a grown model); "
                    "a model file given as --arch starts from its own weights")
+    p.add_argument("--family", default=None, metavar="SEARCH_DIR",
+                   help="train every member of the search's family (family.csv: searched and extrapolated rows) "
+                   "into SEARCH_DIR/family-grown|family-scratch/s<k>, resumable member by member; results go to "
+                   "SEARCH_DIR/standalone.csv (scalenas report shows them)")
+    p.add_argument("--grow", action="store_true",
+                   help="--family: s0 from scratch, each next member grown from the trained previous one")
     p.add_argument("--job", default=None, help="job YAML with the recipe (default: digits)")
     add_option_flags(p, TrainConfig, FLAGS, help_overrides={
         "data_seed": "seed of the train/holdout/test split (default: the job's data_seed, else its seed)"})
@@ -59,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
     overrides = given(args, FLAGS)
     overrides["data_seed"] = data_seed
     cfg = load_job(job, overrides)
+    if args.family is not None:
+        return _train_family(args, cfg)
+    if args.grow:
+        raise ScalenasError("--grow applies to --family only")
     out = Path(args.out) if args.out else None
     if args.resume:
         if out is not None and not out.is_dir():
@@ -82,3 +92,22 @@ def run(args: argparse.Namespace) -> int:
           f"({r['steps']} steps, {r['train_seconds']:.0f} s)")
     print(f"run directory: {summary['out_dir']}  (final.pt, result.json, train_log.csv, train_checkpoint.pt)")
     return 0
+
+
+def _train_family(args: argparse.Namespace, cfg) -> int:
+    from scalenas.train.family import total_compute, train_family
+
+    if args.arch or args.init or args.resume or args.freeze_shared:
+        raise ScalenasError("--family trains the search's members: drop --arch/--init/--resume/--freeze-shared "
+                            "(rerunning --family resumes it)")
+    rows = train_family(args.family, cfg, grow=args.grow, progress=not args.no_progress,
+                        out_dir=Path(args.out) if args.out else None)
+    print(f"{'stage':>5} {'kind':>12} {'holdout':>8} {'test':>8} {'steps':>6} {'train s':>8}  init")
+    for r in rows:
+        print(f"{r['stage']:>5} {r['kind']:>12} {r['holdout_top1']:>8.4f} {r['test_top1']:>8.4f} {r['steps']:>6} "
+              f"{r['train_seconds'] or 0:>8.0f}  {r['init']}")
+    c = total_compute(rows)
+    print(f"total: {c['block_steps']:,.0f} block-steps, {c['train_seconds']:.0f} s of training; results in "
+          f"{Path(args.family) / 'standalone.csv'} (scalenas report {args.family})")
+    return 0
+

@@ -6,8 +6,12 @@ logits. :func:`check_onnx` runs the file in onnxruntime and returns the largest 
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -39,6 +43,21 @@ class _OneInput(nn.Module):
         return self.model(x)
 
 
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter logs warnings about optional torchvision ops and prints progress; keep the CLI to its lines."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
 def _require_onnx() -> None:
     missing = []
     for mod in ("onnx", "onnxscript"):
@@ -68,9 +87,11 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, resolution: int | Non
     x = torch.randn(2, channels, res, res)
     try:
         batch = torch.export.Dim("batch", min=1, max=4096)
-        program = torch.onnx.export(_OneInput(model), (x,), dynamo=True, input_names=["x"], output_names=["logits"],
-                                    dynamic_shapes={"x": {0: batch}}, verbose=False)
-        program.save(tmp)
+        with warnings.catch_warnings(), _quiet_exporter():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(_OneInput(model).eval(), (x,), dynamo=True, input_names=["x"], output_names=["logits"],
+                                        dynamic_shapes={"x": {0: batch}}, verbose=False)
+            program.save(tmp)
         os.replace(tmp, path)
     except ScalenasError:
         raise

@@ -119,3 +119,34 @@ def test_lr_at_warmup_then_cosine():
     assert lr_at(total + 50, total, base, warm) == pytest.approx(0.0, abs=1e-12)  # clamped past the end
     assert lr_at(0, total, base, 0) == pytest.approx(base)
     assert lr_at(45, 100, 1.0, 10, final_lr=0.1) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 35 / 90)))
+
+
+def test_path_adamw_full_use_equals_torch_adamw_and_masks_freeze_the_rest():
+    from scalenas.train.optim import PathAdamW
+
+    torch.manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(4, 3))
+    b = torch.nn.Parameter(a.detach().clone())
+    ours = PathAdamW([a], lr=1e-2, weight_decay=0.05)
+    ref = torch.optim.AdamW([b], lr=1e-2, weight_decay=0.05)
+    for k in range(5):
+        g = torch.randn(4, 3, generator=torch.Generator().manual_seed(k))
+        a.grad, b.grad = g.clone(), g.clone()
+        ours.set_masks(None)
+        ours.step()
+        ref.step()
+    assert torch.allclose(a, b, atol=1e-6)
+
+    # a mask on the first two rows: the other rows (value and moments) stay bit-identical
+    c = torch.nn.Parameter(torch.randn(4, 3))
+    opt = PathAdamW([c], lr=1e-2, weight_decay=0.05)
+    before = c.detach().clone()
+    mask = torch.tensor([True, True, False, False])
+    for k in range(3):
+        c.grad = torch.randn(4, 3)
+        opt.set_masks({id(c): mask})
+        opt.step()
+    assert torch.equal(c[2:], before[2:]) and not torch.equal(c[:2], before[:2])
+    st = opt.state[c]
+    assert torch.equal(st["step"][2:], torch.zeros(2, 3)) and torch.equal(st["step"][:2], torch.full((2, 3), 3.0))
+    assert torch.equal(st["exp_avg"][2:], torch.zeros(2, 3))

@@ -50,7 +50,27 @@ def masks_from_record(record: Iterable[tuple[nn.Parameter, tuple[slice, ...]]]) 
     return masks
 
 
-class PathSGD(torch.optim.Optimizer):
+class PathMaskedOptimizer(torch.optim.Optimizer):
+    """Base of the path-restricted optimisers: :meth:`set_masks` gives the entries the step's paths used."""
+
+    def __init__(self, params, defaults: dict):
+        super().__init__(params, defaults)
+        self._masks: dict[int, torch.Tensor | None] | None = None
+
+    def set_masks(self, masks: dict[int, torch.Tensor | None] | None) -> None:
+        self._masks = masks
+
+    def on_path(self, p: torch.Tensor) -> bool:
+        """``p`` has a gradient from this step's path (a gradient left over by another module does not count)."""
+        return p.grad is not None and (self._masks is None or id(p) in self._masks)
+
+    def mask_of(self, p: torch.Tensor) -> torch.Tensor | None:
+        """Boolean mask broadcastable to ``p`` of the entries the path used (None: every entry)."""
+        mask = None if self._masks is None else self._masks[id(p)]
+        return None if mask is None else mask.reshape(mask.shape + (1,) * (p.ndim - mask.ndim))
+
+
+class PathSGD(PathMaskedOptimizer):
     """SGD with (Nesterov) momentum and weight decay restricted to the entries of the sampled path.
 
     Call :meth:`set_masks` before :meth:`step` with the masks of the step's forward passes; a parameter without
@@ -59,20 +79,14 @@ class PathSGD(torch.optim.Optimizer):
 
     def __init__(self, params, lr: float, momentum: float = 0.9, nesterov: bool = True, weight_decay: float = 0.0):
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay))
-        self._masks: dict[int, torch.Tensor | None] | None = None
-
-    def set_masks(self, masks: dict[int, torch.Tensor | None] | None) -> None:
-        self._masks = masks
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D401 - torch API
         for group in self.param_groups:
             lr, mom, wd, nesterov = group["lr"], group["momentum"], group["weight_decay"], group["nesterov"]
             for p in group["params"]:
-                if p.grad is None:
+                if not self.on_path(p):
                     continue
-                if self._masks is not None and id(p) not in self._masks:
-                    continue  # not on the path (e.g. a gradient left over by another module)
                 g = p.grad
                 if wd:
                     g = g.add(p, alpha=wd)
@@ -85,13 +99,12 @@ class PathSGD(torch.optim.Optimizer):
                     upd = g.add(new_buf, alpha=mom) if nesterov else new_buf
                 else:
                     new_buf, upd = None, g
-                mask = None if self._masks is None else self._masks[id(p)]
-                if mask is None:
+                m = self.mask_of(p)
+                if m is None:
                     if new_buf is not None:
                         buf.copy_(new_buf)
                     p.sub_(upd, alpha=lr)
                 else:
-                    m = mask.reshape(mask.shape + (1,) * (p.ndim - mask.ndim))
                     if new_buf is not None:
                         buf.copy_(torch.where(m, new_buf, buf))
                     p.copy_(torch.where(m, p - lr * upd, p))
@@ -114,7 +127,7 @@ def lr_at(step: int, total: int, base_lr: float, warmup: int, final_lr: float = 
     return final_lr + 0.5 * (base_lr - final_lr) * (1 + math.cos(math.pi * t))
 
 
-class PathAdamW(torch.optim.Optimizer):
+class PathAdamW(PathMaskedOptimizer):
     """AdamW (decoupled weight decay) restricted to the entries of the sampled path, like :class:`PathSGD`.
 
     Bias correction needs the number of updates *of each entry*: an entry's step count lives in a tensor of
@@ -125,26 +138,21 @@ class PathAdamW(torch.optim.Optimizer):
     def __init__(self, params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
-        self._masks: dict[int, torch.Tensor | None] | None = None
-
-    def set_masks(self, masks: dict[int, torch.Tensor | None] | None) -> None:
-        self._masks = masks
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D401 - torch API
         for group in self.param_groups:
             lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             for p in group["params"]:
-                if p.grad is None or (self._masks is not None and id(p) not in self._masks):
+                if not self.on_path(p):
                     continue
                 state = self.state[p]
                 if not state:
                     state["step"] = torch.zeros_like(p)
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(p)
-                mask = None if self._masks is None else self._masks[id(p)]
-                m = torch.ones_like(p, dtype=torch.bool) if mask is None else \
-                    mask.reshape(mask.shape + (1,) * (p.ndim - mask.ndim)).expand_as(p)
+                mask = self.mask_of(p)
+                m = torch.ones_like(p, dtype=torch.bool) if mask is None else mask.expand_as(p)
                 g = p.grad
                 n = torch.where(m, state["step"] + 1, state["step"])
                 avg = torch.where(m, state["exp_avg"] * b1 + g * (1 - b1), state["exp_avg"])

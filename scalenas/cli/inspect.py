@@ -178,7 +178,11 @@ def add_parser(sub) -> None:
     show.set_defaults(func=cmd_space_show)
     lst = spsub.add_parser("list", help="list the shipped spaces")
     lst.set_defaults(func=cmd_space_list)
-    sp.set_defaults(func=lambda a: (sp.print_help(), 2)[1])
+    def no_action(args: argparse.Namespace) -> int:
+        sp.print_help()
+        raise ScalenasError("space: give an action, show or list (see scalenas space --help)")
+
+    sp.set_defaults(func=no_action)
 
     sa = sub.add_parser("sample", help="random subnets as JSON lines, with flops and params")
     sa.add_argument("--space", required=True, help="space name or YAML path")

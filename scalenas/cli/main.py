@@ -44,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):
             parser.print_help()
+            sys.stderr.write("scalenas: error: give a command (see scalenas --help)\n")
             return 2
         return int(args.func(args) or 0)
     except ScalenasError as exc:

@@ -79,16 +79,22 @@ def load_model_file(path: str | os.PathLike) -> dict[str, Any]:
     payload = safe_torch_load(path, "model file")
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         raise ScalenasError(f"{path}: not a scalenas model file (no format {MODEL_FORMAT!r})")
+    for key, kind in (("kind", str), ("config", dict), ("state_dict", dict)):
+        if not isinstance(payload.get(key), kind):
+            raise ScalenasError(f"{path}: damaged model file: {key!r} missing or not a {kind.__name__}")
     return payload
 
 
 def load_model(path: str | os.PathLike) -> nn.Module:
     """Rebuild a model saved by :func:`save_model` and load its weights."""
     payload = load_model_file(path)
-    model = model_class(payload.get("kind"), str(path)).from_config(payload.get("config"))
+    try:
+        model = model_class(payload["kind"], str(path)).from_config(payload["config"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ScalenasError(f"{path}: damaged model config ({type(exc).__name__}: {exc})".splitlines()[0]) from None
     try:
         model.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, KeyError, AttributeError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise ScalenasError(f"{path}: weights do not fit the model config: {first}") from None
     return model

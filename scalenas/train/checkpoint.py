@@ -38,6 +38,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     for key in ("space", "space_yaml", "model"):
         if key not in payload:
             raise ScalenasError(f"{p}: checkpoint lacks field {key!r}")
+    if not isinstance(payload["model"], dict) or not isinstance(payload["space_yaml"], dict):
+        raise ScalenasError(f"{p}: damaged checkpoint: 'model' and 'space_yaml' must be mappings")
     return payload
 
 

@@ -9,7 +9,8 @@ Three targets, each run as a user would (``python -m scalenas.cli ...`` in a sub
   uninterrupted run's, at the same (final) step. Log rows complete: ``train_log.csv`` has the same steps with the
   same epoch, lr, loss, train_top1, stage and resolution (only the timing columns differ).
 * ``search``: ``scalenas search`` (the driver, ``--workers 0``, ``--population 6 --generations 3 --elites 2``) on
-  the uninterrupted supernet run, killed once or twice at random moments and ``--resume``d. Identical:
+  the uninterrupted supernet run, killed once or twice at random moments (the first one after the uninterrupted
+  search wrote its first ``state.json``, so that there is something to resume) and ``--resume``d. Identical:
   ``pareto.csv``, ``family.csv``, ``best.json`` and ``chain.json`` byte-identical to the uninterrupted search.
   Log rows complete: ``search_log.csv`` has the same generations with the same fitness, feasible share,
   evaluation counts (only evaluations_per_s differs) and ``state.json`` the same number of evaluations.
@@ -281,12 +282,19 @@ class Sweep:
     def ref_search(self) -> dict:
         if "search" not in self.refs:
             out = self.work / "ref-search"
-            t = time.monotonic()
-            rc = Run(self.search_argv(out, 0), self.log, self.work).wait(self.args.timeout)
+            r = Run(self.search_argv(out, 0), self.log, self.work)
+            state_at = None  # when the first state.json (what --resume needs) appeared
+            while r.proc.poll() is None and r.elapsed() < self.args.timeout:
+                if state_at is None and (out / "state.json").exists():
+                    state_at = r.elapsed()
+                time.sleep(0.1)
+            wall = r.elapsed()
+            rc = r.wait(1)
             if rc != 0:
                 raise SystemExit(f"the uninterrupted search failed (exit {rc}); see {self.log}")
-            self.refs["search"] = {"out": out, "wall": time.monotonic() - t}
-            print(f"reference search (--workers 0): {self.refs['search']['wall']:.1f} s", flush=True)
+            self.refs["search"] = {"out": out, "wall": wall, "state_at": state_at or 1.0}
+            print(f"reference search (--workers 0): {wall:.1f} s, first state.json at {state_at or 0:.1f} s",
+                  flush=True)
         return self.refs["search"]
 
     def ref_worker_search(self) -> dict:
@@ -310,11 +318,12 @@ class Sweep:
         return self.refs["worker"]
 
     # -------------------------------------------------------------- trials
-    def kill_and_resume(self, out: Path, fresh: list[str], marker: str, hi: float) -> dict:
-        """Kill ``fresh`` once or twice at random moments, resume (``--resume`` when ``marker`` exists in ``out``,
-        else start again) until it finishes. Returns the counts."""
+    def kill_and_resume(self, out: Path, fresh: list[str], marker: str, hi: float, lo: float = 1.0) -> dict:
+        """Kill ``fresh`` once or twice at random moments (the first one in [lo, 0.9 hi] seconds, a second one,
+        in half of the trials, 1 to 0.6 hi seconds into the next run), resume (``--resume`` when ``marker``
+        exists in ``out``, else start again) until it finishes. Returns the counts."""
         n_kills = 1 if self.rng.random() < 0.5 else 2
-        plan = [self.rng.uniform(1.0, 0.9 * hi)] + [self.rng.uniform(1.0, 0.6 * hi) for _ in range(n_kills - 1)]
+        plan = [self.rng.uniform(lo, 0.9 * hi)] + [self.rng.uniform(1.0, 0.6 * hi) for _ in range(n_kills - 1)]
         kills = resumes = restarts = redo = 0
         times: list[float] = []
         argv, nxt = fresh, 0
@@ -359,7 +368,9 @@ class Sweep:
         ref = self.ref_search()
         out = self.work / f"search-{k}"
         t = time.monotonic()
-        res = self.kill_and_resume(out, self.search_argv(out, 0), "state.json", ref["wall"])
+        # the first kill after the reference's first state.json: a kill before it leaves nothing to resume (a
+        # fresh start, as for train-supernet), after it every kill is followed by --resume
+        res = self.kill_and_resume(out, self.search_argv(out, 0), "state.json", ref["wall"], lo=ref["state_at"])
         ident, why = same_reports(out, ref["out"])
         complete, why_log = search_log_complete(out, ref["out"])
         notes = ([f"final exit {res['rc']}"] if res["rc"] != 0 else []) + [why, why_log]
@@ -455,7 +466,10 @@ class Sweep:
                  f"complete = train_log.csv rows equal in {', '.join(TRAIN_LOG_COLUMNS)}; no `*.tmp` / `.lock` "
                  "left.")
         search = (f"- search (driver killed, `--workers 0`): `{' '.join(self.search)}` on the uninterrupted "
-                  f"supernet run; identical = {', '.join(REPORTS)} byte-identical; complete = search_log.csv rows "
+                  "supernet run; the first kill of a trial falls after the uninterrupted search wrote its first "
+                  "state.json" + (f" ({self.refs['search']['state_at']:.1f} s of {self.refs['search']['wall']:.1f} s)"
+                                  if "search" in self.refs else "") +
+                  f"; identical = {', '.join(REPORTS)} byte-identical; complete = search_log.csv rows "
                   "equal (but evaluations_per_s) and the same number of evaluations in state.json.")
         worker = ("- search-worker (`--workers 2`, private Ray on 127.0.0.1): one `ray::_EvaluatorActor` process "
                   "killed while evaluating; no resume; compared with the uninterrupted `--workers 0` search")

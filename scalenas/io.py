@@ -189,7 +189,7 @@ def folder_lock(folder: str | os.PathLike, what: str = "run") -> Iterator[Path]:
         created.append(p)
     make_dir(folder)
     path = folder / LOCK_NAME
-    while True:
+    for _ in range(100):  # retried only when a finishing holder removed the file between our open and lock
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
@@ -208,6 +208,9 @@ def folder_lock(folder: str | os.PathLike, what: str = "run") -> Iterator[Path]:
         if same:
             break
         os.close(fd)
+    else:
+        _remove_empty(created)
+        raise ScalenasError(f"{folder}: could not take the lock {path} (it kept being replaced); try again")
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())

@@ -61,22 +61,9 @@ SEARCH = ["search", "--run", "@run", "--target-flops", TARGET, *POP]  # a valid 
 
 
 # ------------------------------------------------------------------------------------------ the table
-def row(id_, argv, expected, watch="@cwd", xfail=None):
-    marks = [pytest.mark.xfail(strict=True, reason=xfail)] if xfail else []
-    return pytest.param(list(argv), expected, watch, id=id_, marks=marks)
+def row(id_, argv, expected, watch="@cwd"):
+    return pytest.param(list(argv), expected, watch, id=id_)
 
-
-# Rows that reveal a bug: kept, expected to fail (strict), listed in the report of issue 13.
-XF_STATE_DICT = ("bug: a model file without 'state_dict' ends in a KeyError traceback "
-                 "(scalenas/models/registry.py load_model: payload['state_dict'])")
-XF_CONFIG = ("bug: a model file whose 'config' is not a mapping ends in a TypeError traceback "
-             "(load_model passes it to from_config unchecked)")
-XF_SD_TYPE = ("bug: a model file whose 'state_dict' is not a mapping ends in a TypeError traceback "
-              "(load_model catches only RuntimeError from load_state_dict)")
-XF_SN_MODEL = ("bug: a supernet checkpoint whose 'model' is not a mapping ends in a TypeError traceback "
-               "(scalenas/train/checkpoint.py load_supernet catches only RuntimeError from load_state_dict)")
-XF_HELP = ("bug (minor): a missing command / action prints the help on stdout and exits 2 with nothing on "
-           "stderr (not one error line)")
 
 ROWS = [
     # ---------------------------------------------------------------- space show / list

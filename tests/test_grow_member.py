@@ -157,15 +157,11 @@ def test_cli_train_family_grow_then_grow_to_and_onnx(tiny_search, tmp_path, caps
     with torch.no_grad():
         assert (small(x) - big(x)).abs().max().item() <= 1e-5
     # growing back down is refused in one line, nothing written
-    assert main(["grow", "--model", str(out), "--to", json_of(small), "--out", str(tmp_path / "x.pt")]) == 2
+    assert main(["grow", "--model", str(out), "--to", small.subnet.to_json(), "--out", str(tmp_path / "x.pt")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1 and not (tmp_path / "x.pt").exists()
     pytest.importorskip("onnxruntime")
     assert main(["export", "--model", str(out), "--format", "onnx", "--out", str(tmp_path / "s4.onnx")]) == 0
     assert "max abs diff" in capsys.readouterr().out
-
-
-def json_of(model) -> str:
-    return model.subnet.to_json()
 
 
 @pytest.mark.parametrize("argv, expect", [

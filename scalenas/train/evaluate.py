@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scalenas.spaces.arch import Subnet
-from scalenas.data.datasets import Split, resize_batch
+from scalenas.data.datasets import Split, iterate_eval, resize_batch
 
 
 def calibration_batches(split: Split, batches: int, batch_size: int, seed: int) -> list[torch.Tensor]:
@@ -56,24 +56,44 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor], resolution
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, split: Split, resolution: int, subnet: Subnet | None = None, side: int = 0,
-             batch_size: int = 512, device: str | torch.device = "cpu") -> float:
-    """Top-1 of ``model`` on ``split`` at ``resolution`` (eval mode)."""
+def evaluate_split(model: nn.Module, split: Split, resolution: int, subnet: Subnet | None = None, side: int = 0,
+                   batch_size: int = 512, device: str | torch.device = "cpu") -> dict:
+    """Top-1 and mean log-loss (natural log, per sample) of ``model`` on ``split`` at ``resolution`` (eval mode).
+
+    Returns ``{"top1", "loss", "n", "correct"}``; ``correct`` is a per-sample bool tensor (CPU), for bootstraps.
+    """
     from scalenas.models.supernet import SuperNet
 
     model.eval()
-    correct = 0
-    for i in range(0, len(split), batch_size):
-        xb = resize_batch(split.x[i:i + batch_size].to(device), resolution)
+    hits: list[torch.Tensor] = []
+    loss_sum = 0.0
+    for xb, yb in iterate_eval(split, batch_size):
+        xb = resize_batch(xb.to(device), resolution)
         out = model(xb, subnet, side) if isinstance(model, SuperNet) else model(xb)
-        correct += int((out.argmax(1).cpu() == split.y[i:i + batch_size]).sum())
-    return correct / max(1, len(split))
+        out = out.float().cpu()
+        loss_sum += float(F.cross_entropy(out, yb, reduction="sum"))
+        hits.append(out.argmax(1) == yb)
+    correct = torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
+    n = int(correct.numel())
+    return {"top1": float(correct.sum()) / max(1, n), "loss": loss_sum / max(1, n), "n": n, "correct": correct}
+
+
+def accuracy(model: nn.Module, split: Split, resolution: int, subnet: Subnet | None = None, side: int = 0,
+             batch_size: int = 512, device: str | torch.device = "cpu") -> float:
+    """Top-1 of ``model`` on ``split`` at ``resolution`` (eval mode)."""
+    return evaluate_split(model, split, resolution, subnet, side, batch_size, device)["top1"]
+
+
+def subnet_metrics(supernet, subnet: Subnet, calib: list[torch.Tensor], split: Split, side: int = 0,
+                   device: str | torch.device = "cpu") -> dict:
+    """Recalibrate BN of ``subnet``'s path on ``calib``, then :func:`evaluate_split` it on ``split``."""
+    recalibrate_bn(supernet, calib, subnet.resolution, subnet, side, device)
+    return evaluate_split(supernet, split, subnet.resolution, subnet, side, device=device)
 
 
 def subnet_top1(supernet, subnet: Subnet, calib: list[torch.Tensor], split: Split, side: int = 0,
                 device: str | torch.device = "cpu") -> float:
-    recalibrate_bn(supernet, calib, subnet.resolution, subnet, side, device)
-    return accuracy(supernet, split, subnet.resolution, subnet, side, device=device)
+    return subnet_metrics(supernet, subnet, calib, split, side, device)["top1"]
 
 
 def soft_cross_entropy(logits: torch.Tensor, soft_targets: torch.Tensor) -> torch.Tensor:

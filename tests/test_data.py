@@ -308,19 +308,18 @@ def _small_split(n=50) -> Split:
 
 def test_batch_iterator_resume_equals_uninterrupted():
     split = _small_split()
-    for augment in (False, True):
-        ref = BatchIterator(split, 8, seed=5, augment=augment)
-        expected = [next(ref) for _ in range(20)]  # 6 steps/epoch, so this crosses several epochs
-        it = BatchIterator(split, 8, seed=5, augment=augment)
-        for _ in range(9):
-            next(it)
-        state = json.loads(json.dumps(it.state_dict()))  # must survive a JSON round trip
-        assert (state["epoch"], state["position"]) == (1, 3)
-        resumed = BatchIterator(split, 8, seed=5, augment=augment)
-        resumed.load_state_dict(state)
-        for k in range(9, 20):
-            xb, yb = next(resumed)
-            assert torch.equal(yb, expected[k][1]) and torch.equal(xb, expected[k][0])
+    ref = BatchIterator(split, 8, seed=5)
+    expected = [next(ref) for _ in range(20)]  # 6 steps/epoch, so this crosses several epochs
+    it = BatchIterator(split, 8, seed=5)
+    for _ in range(9):
+        next(it)
+    state = json.loads(json.dumps(it.state_dict()))  # must survive a JSON round trip
+    assert (state["epoch"], state["position"]) == (1, 3)
+    resumed = BatchIterator(split, 8, seed=5)
+    resumed.load_state_dict(state)
+    for k in range(9, 20):
+        xb, yb = next(resumed)
+        assert torch.equal(yb, expected[k][1]) and torch.equal(xb, expected[k][0])
 
 
 def test_batch_iterator_epochs_and_seeds():
@@ -338,11 +337,14 @@ def test_batch_iterator_epochs_and_seeds():
     assert next(ordered)[1].tolist() == list(range(8))
 
 
-def test_batch_iterator_augment_shifts_keep_shape():
-    split = load_data("digits", seed=0).train
-    xb, _ = next(BatchIterator(split, 16, seed=0, augment=True))
-    plain, _ = next(BatchIterator(split, 16, seed=0))
+def test_shift_augmentation_keeps_shape_and_is_seeded():
+    data = load_data("digits", seed=0)
+    assert data.pipeline.level == "shift" and not data.pipeline.flip  # digits: shifts, no flips
+    plain, _ = next(BatchIterator(data.train, 16, seed=0))
+    xb = data.pipeline.train(plain, 8, seed=3)
     assert xb.shape == plain.shape and not torch.equal(xb, plain)
+    assert torch.equal(xb, data.pipeline.train(plain, 8, seed=3))
+    assert not torch.equal(xb, data.pipeline.train(plain, 8, seed=4))
 
 
 def test_batch_iterator_rank_sharding():

@@ -19,21 +19,41 @@ import math
 import os
 import pickle
 import sys
+import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from scalenas.data.augment import AUGMENT_LEVELS, DevicePipeline, default_level
+from scalenas.data.augment import resize_batch as _resize
+from scalenas.data.sources import (
+    FILE_LIST,
+    MIN_BAD_ALLOWED,
+    ArrayImages,
+    BadFiles,
+    FileIndex,
+    ImageFiles,
+    cap_workers,
+    check_image_array,
+    decode_image,
+    file_list_record,
+    image_mode,
+    load_file_lists,
+    loader,
+    one_line,
+    open_npy,
+    open_npz_member,
+)
 from scalenas.errors import ScalenasError
 from scalenas.io import atomic_write_json
 
 DATA_INFO_FORMAT = "scalenas-data/1"
 # Above this many samples the split record keeps only the sha256 of each index list, not the list itself.
 MAX_LISTED_INDICES = 100_000
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 # ITU-R BT.601 luma weights: the same ones Pillow's convert("L") uses, so both conversion paths agree.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 _CIFAR10_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
@@ -48,6 +68,9 @@ class Split:
 
     x: torch.Tensor
     y: torch.Tensor
+    pipeline: DevicePipeline | None = None  # how evaluation turns a raw batch into input (None: plain resize)
+
+    kind = "memory"
 
     def __post_init__(self) -> None:
         # Cheap guard: a mismatch here would otherwise surface much later as a confusing indexing error.
@@ -57,6 +80,74 @@ class Split:
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
+
+    def take(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The samples at ``positions`` (of this split) as a raw batch."""
+        return self.x[positions], self.y[positions]
+
+    def view(self, x: torch.Tensor, resolution: int) -> torch.Tensor:
+        """A raw batch as evaluation input at ``resolution``."""
+        return self.pipeline.eval(x, resolution) if self.pipeline is not None else resize_batch(x, resolution)
+
+
+class StreamSplit:
+    """One split read on demand: ``dataset`` positions ``indices``, decoded in DataLoader worker processes.
+
+    Raw batches are ``uint8`` at storage size; :attr:`pipeline` normalises them on the device. ``y`` (the
+    labels) is held in memory, the pixels never are.
+    """
+
+    kind = "stream"
+
+    def __init__(self, dataset, indices: np.ndarray, workers: int, pin_memory: bool, bad: BadFiles,
+                 pipeline: DevicePipeline | None = None):
+        self.dataset, self.indices = dataset, np.asarray(indices, dtype=np.int64)
+        self.y = torch.from_numpy(np.asarray(dataset_labels(dataset)[self.indices], dtype=np.int64))
+        self.workers, self.pin_memory, self.bad, self.pipeline = workers, pin_memory, bad, pipeline
+        self._eval_loaders: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _fetch(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y, bad = batch
+        self.bad.note(bad)
+        return x, y
+
+    def take(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._fetch(self.dataset.__getitems__(self.indices[np.asarray(positions)].tolist()))
+
+    def stream(self, batches) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Raw batches for an iterable of position lists (of this split), decoded ahead by the workers."""
+        source = ([int(self.indices[p]) for p in b] for b in batches)
+        for batch in loader(self.dataset, _Once(source), self.workers, self.pin_memory):
+            yield self._fetch(batch)
+
+    def iterate(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Every sample once, in order (evaluation); the workers persist between passes."""
+        if batch_size not in self._eval_loaders:
+            order = [self.indices[i:i + batch_size].tolist() for i in range(0, len(self.indices), batch_size)]
+            self._eval_loaders[batch_size] = loader(self.dataset, order, self.workers, self.pin_memory,
+                                                    persistent=self.workers > 0)
+        for batch in self._eval_loaders[batch_size]:
+            yield self._fetch(batch)
+
+    def view(self, x: torch.Tensor, resolution: int) -> torch.Tensor:
+        return self.pipeline.eval(x, resolution) if self.pipeline is not None else resize_batch(x, resolution)
+
+
+class _Once:
+    """An iterable batch sampler over a generator (the DataLoader iterates it once, in the main process)."""
+
+    def __init__(self, gen):
+        self.gen = gen
+
+    def __iter__(self):
+        return self.gen
+
+
+def dataset_labels(dataset) -> np.ndarray:
+    return dataset.labels if isinstance(dataset, ImageFiles) else dataset.y
 
 
 @dataclass
@@ -73,10 +164,15 @@ class DataSplits:
     mean: list[float]
     std: list[float]
     info: dict = field(default_factory=dict)
+    pipeline: DevicePipeline | None = None  # normalisation + augmentation on the training device
+    file_list: dict | None = None  # an ImageFolder's file index, cached next to the run
 
     def save_info(self, path: str | os.PathLike) -> None:
-        """Write :attr:`info` (the split record) atomically as JSON to ``path``."""
+        """Write :attr:`info` (the split record) atomically as JSON to ``path`` and, for an ImageFolder, the
+        file list beside it (``data_files.json``)."""
         atomic_write_json(path, self.info)
+        if self.file_list is not None:
+            atomic_write_json(Path(path).parent / FILE_LIST, self.file_list)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -93,10 +189,7 @@ class _Raw:
     skipped: int = 0
     skipped_files: list[str] = field(default_factory=list)
     channel_conversion: str | None = None
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
+    file_list: dict | None = None
 
 
 def _load_digits() -> _Raw:
@@ -137,7 +230,7 @@ def _unpickle(path: Path) -> dict:
         with open(path, "rb") as fh:
             obj = _CifarUnpickler(fh, encoding="bytes").load()
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad input file
-        raise ScalenasError(f"data file {path}: not a readable CIFAR pickle ({_one_line(exc)})") from None
+        raise ScalenasError(f"data file {path}: not a readable CIFAR pickle ({one_line(exc)})") from None
     if not isinstance(obj, dict):
         raise ScalenasError(f"data file {path}: CIFAR pickle must hold a dict, found {type(obj).__name__}")
     return obj
@@ -197,7 +290,7 @@ def _load_cifar(root: Path) -> _Raw:
     if labels_all.min() < 0 or labels_all.max() >= len(classes):
         raise ScalenasError(f"data path {root}: labels out of range [0, {len(classes)}) "
                             f"(found {int(labels_all.min())}..{int(labels_all.max())})")
-    to_float = lambda a: torch.from_numpy(a).float().div_(255.0)  # noqa: E731
+    to_float = lambda a: torch.from_numpy(a).float().div_(255.0)
     return _Raw(
         x=to_float(x_np), y=y, classes=classes,
         test_x=None if test_np is None else to_float(test_np), test_y=test_y,
@@ -206,55 +299,46 @@ def _load_cifar(root: Path) -> _Raw:
     )
 
 
-def _load_image_folder(root: Path, store_size: int, in_channels: int | None) -> _Raw:
-    from PIL import Image
-
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
-        raise ScalenasError(f"data path {root}: no class sub-folders (expected ImageFolder layout "
-                            "root/<class>/<image>) and no CIFAR batches or images found")
-    mode = "L" if in_channels == 1 else "RGB"
-    resample = Image.Resampling.BILINEAR  # Pillow widens the filter when shrinking, i.e. antialiased
+def _decode_all(ds: ImageFiles, index: FileIndex, max_bad_frac: float) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Decode every file of ``ds`` (the in-memory source), skipping unreadable ones (counted and named)."""
     images: list[np.ndarray] = []
     labels: list[int] = []
     skipped: list[str] = []
-    classes: list[str] = []
-    ignored: list[str] = []
-    for class_dir in class_dirs:
-        files = sorted(p for p in class_dir.rglob("*")
-                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
-        if not files:
-            # A folder without image files is not a class; say so, since it shifts no labels but may be a typo.
-            print(f"scalenas: ignoring folder without images {class_dir}", file=sys.stderr)
-            ignored.append(class_dir.name)
-            continue
-        label = len(classes)
-        n_before = len(images)
-        for f in files:
-            try:
-                with Image.open(f) as img:
-                    img.load()  # force decoding now so a truncated file fails here, not later
-                    arr = np.asarray(img.convert(mode).resize((store_size, store_size), resample), dtype=np.uint8)
-            except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad files
-                print(f"scalenas: skipping unreadable image {f}: {_one_line(exc)}", file=sys.stderr)
-                skipped.append(str(f))
-                continue
-            images.append(arr)
-            labels.append(label)
-        if len(images) == n_before:
-            raise ScalenasError(f"data path {class_dir}: class folder has no readable images")
-        classes.append(class_dir.name)
+    for i in range(len(ds)):
+        try:
+            images.append(decode_image(ds.path(i), ds.mode, ds.size))
+            labels.append(int(index.labels[i]))
+        except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad files
+            if len(skipped) < 5:
+                print(f"scalenas: skipping unreadable image {ds.path(i)}: {one_line(exc)}", file=sys.stderr)
+            skipped.append(ds.path(i))
     if skipped:
-        print(f"scalenas: skipped {len(skipped)} unreadable image(s) under {root}", file=sys.stderr)
-    if not images:
-        raise ScalenasError(f"data path {root}: no images found in its class sub-folders")
-    x = np.stack(images)
-    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+        print(f"scalenas: skipped {len(skipped)} unreadable image(s) under {index.root}", file=sys.stderr)
+        if len(skipped) > max(max_bad_frac * len(ds), MIN_BAD_ALLOWED):
+            raise ScalenasError(f"data path {index.root}: {len(skipped)} of {len(ds)} images are unreadable (more "
+                                f"than max_bad_frac={max_bad_frac}); first: {', '.join(skipped[:3])}")
+    present = set(labels)
+    for c, name in enumerate(index.classes):
+        if c not in present and c in set(index.labels.tolist()):
+            raise ScalenasError(f"data path {Path(index.root) / name}: class folder has no readable images")
+    return np.stack(images), np.asarray(labels, dtype=np.int64), skipped
+
+
+def _load_image_folder(index: FileIndex, test: FileIndex | None, store_size: int, mode: str,
+                       max_bad_frac: float) -> _Raw:
+    x, y, skipped = _decode_all(ImageFiles(index.root, index.files, index.labels, mode, store_size), index,
+                                max_bad_frac)
+    test_x = test_y = None
+    if test is not None:
+        tx, test_y, t_skipped = _decode_all(ImageFiles(test.root, test.files, test.labels, mode, store_size), test,
+                                            max_bad_frac)
+        test_x = torch.from_numpy(tx).float().div_(255.0)
+        skipped += t_skipped
     return _Raw(
-        x=torch.from_numpy(np.ascontiguousarray(x)).float().div_(255.0),
-        y=np.asarray(labels, dtype=np.int64), classes=classes,
-        source={"kind": "imagefolder", "path": str(root), "image_mode": mode,
-                "ignored_folders": ignored},
+        x=torch.from_numpy(x).float().div_(255.0), y=y, classes=list(index.classes),
+        test_x=test_x, test_y=test_y,
+        source={"kind": "imagefolder", "path": index.root, "image_mode": mode,
+                "test_path": test.root if test is not None else None},
         skipped=len(skipped), skipped_files=skipped[:100],
         channel_conversion=f"Pillow convert('{mode}')",
     )
@@ -265,7 +349,7 @@ def _load_npz(path: Path) -> _Raw:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except Exception as exc:  # noqa: BLE001
-        raise ScalenasError(f"data file {path}: not a readable .npz ({_one_line(exc)})") from None
+        raise ScalenasError(f"data file {path}: not a readable .npz ({one_line(exc)})") from None
     missing = [k for k in ("x", "y") if k not in arrays]
     if missing:
         raise ScalenasError(f"data file {path}: .npz lacks array(s) {', '.join(missing)} "
@@ -412,32 +496,102 @@ def _check_stats(name: str, values: list[float] | None, channels: int, positive:
 # ----------------------------------------------------------------------------------------------------------
 # public API
 # ----------------------------------------------------------------------------------------------------------
+SOURCES = ("auto", "memory", "stream")
+STATS_SAMPLE = 2000  # streamed data: mean/std estimated on this many seeded train images
+
+
+@dataclass
+class _Lazy:
+    """A source read on demand: the pool to split (``train``) and an optional predefined test set."""
+
+    train: Any
+    classes: list[str]
+    source: dict
+    test: Any = None
+    file_list: dict | None = None
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+        raise ScalenasError(f"{name}={value!r}: must be an integer >= {low}")
+
+
+def _npy_dir(path: Path) -> bool:
+    return (path / "x.npy").is_file() and (path / "y.npy").is_file()
+
+
+def _array_source(path: Path, in_channels: int | None) -> _Lazy:
+    """``DIR/x.npy`` + ``DIR/y.npy`` (or an uncompressed ``.npz``) opened memory-mapped."""
+    if path.is_dir():
+        x, y = open_npy(path / "x.npy", "data file"), open_npy(path / "y.npy", "data file")
+        classes_file = path / "classes.txt"
+        names = classes_file.read_text().split("\n") if classes_file.is_file() else None
+    else:
+        try:
+            x, y = open_npz_member(path, "x"), np.asarray(open_npz_member(path, "y"))
+        except (KeyError, ValueError, OSError, zipfile.BadZipFile) as exc:
+            raise ScalenasError(f"data file {path}: cannot memory-map arrays x and y ({one_line(exc)}); save it "
+                                "with np.savez (not savez_compressed) or as DIR/x.npy + DIR/y.npy") from None
+        names = None
+    layout = check_image_array(x, y, str(path))
+    y = np.asarray(y, dtype=np.int64)
+    classes = [n for n in names if n] if names else [str(i) for i in range(int(y.max()) + 1)]
+    if y.min() < 0 or y.max() >= len(classes):
+        raise ScalenasError(f"data {path}: labels out of range [0, {len(classes)}) (found {y.min()}..{y.max()})")
+    ds = ArrayImages(x, y, layout, in_channels)
+    st = path.stat()
+    return _Lazy(ds, classes, {"kind": "arrays", "path": str(path), "shape": list(x.shape), "dtype": str(x.dtype),
+                               "size_bytes": st.st_size, "mtime_ns": st.st_mtime_ns})
+
+
+def _estimate_bytes(n: int, channels: int, size: int) -> int:
+    return n * channels * size * size * 4  # float32 in memory
+
+
 def load_data(spec: str, *, seed: int = 0, holdout_frac: float = 0.15, test_frac: float = 0.15,
               in_channels: int | None = None, store_size: int | None = None,
-              mean: list[float] | None = None, std: list[float] | None = None) -> DataSplits:
-    """Load a dataset into memory and split it into train / holdout / test.
+              mean: list[float] | None = None, std: list[float] | None = None,
+              source: str = "auto", memory_limit_mb: int = 2048, workers: int | None = None,
+              pin_memory: bool = False, cache_dir: str | os.PathLike | None = None, rescan: bool = False,
+              max_bad_frac: float = 0.01, augment: str = "auto", flip: bool | None = None) -> DataSplits:
+    """Load a dataset and split it into train / holdout / test, held in memory or streamed from disk.
 
-    ``spec`` is ``"digits"``, a CIFAR python-version directory, an ImageFolder directory or a ``.npz`` file
-    (see the module docstring). The split is stratified per class and depends only on ``seed`` and the data;
-    fractions are of the whole dataset (for CIFAR with a ``test_batch``, the test split is that batch and
-    ``holdout_frac`` is a fraction of the training batches). ``in_channels`` converts 1 <-> 3 channels,
-    ``store_size`` resizes once to a square storage size (ImageFolder default 32; others keep their size).
-    ``mean``/``std`` are per channel; when omitted they are computed on the train split. Raises
+    ``spec`` is ``"digits"``, ``"animals"``, a CIFAR python-version directory, an ImageFolder directory (also
+    ImageNet's ``train/`` + ``val/`` layout: ``val`` becomes the test split), a directory with ``x.npy`` +
+    ``y.npy`` (memory-mapped), or a ``.npz`` file (see the module docstring). The split is stratified per class
+    and depends only on ``seed`` and the data; fractions are of the whole dataset (with a predefined test set,
+    ``holdout_frac`` is a fraction of the training pool). ``in_channels`` converts 1 <-> 3 channels,
+    ``store_size`` is the square storage size (ImageFolder default 32; others keep their size).
+    ``mean``/``std`` are per channel; when omitted they are computed on the train split (streamed: estimated on
+    2,000 seeded train images).
+
+    ``source``: ``memory`` holds every split as one normalised float32 tensor; ``stream`` decodes on demand in
+    ``workers`` DataLoader processes; ``auto`` streams when the float32 copy would exceed ``memory_limit_mb``
+    (arrays given as ``x.npy``/``y.npy`` always stream: they are memory-mapped). ``cache_dir`` holds (or
+    receives, via :meth:`DataSplits.save_info`) the ImageFolder's file list; ``rescan`` ignores it.
+    ``augment``/``flip`` choose the device pipeline (:mod:`scalenas.data.augment`). Raises
     :class:`ScalenasError` for any bad input.
     """
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ScalenasError(f"seed={seed!r}: must be a non-negative integer")
     holdout_frac = _check_frac("holdout_frac", holdout_frac)
-    if in_channels is not None and (isinstance(in_channels, bool) or not isinstance(in_channels, int)
-                                    or in_channels < 1):
-        raise ScalenasError(f"in_channels={in_channels!r}: must be a positive integer")
+    _check_int("in_channels", in_channels, 1)
     if store_size is not None and (isinstance(store_size, bool) or not isinstance(store_size, int)
                                    or store_size < 1):
         raise ScalenasError(f"store_size={store_size!r}: must be a positive integer (pixels)")
+    if source not in SOURCES:
+        raise ScalenasError(f"source={source!r}: expected one of {', '.join(SOURCES)}")
+    _check_int("workers", workers, 0)
+    if augment not in AUGMENT_LEVELS:
+        raise ScalenasError(f"augment={augment!r}: expected one of {', '.join(AUGMENT_LEVELS)}")
 
     spec = str(spec)
-    if spec == "digits":  # the keyword wins; write ./digits to load a folder of that name
+    raw: _Raw | None = None
+    lazy: _Lazy | None = None
+    if spec == "digits":  # the keywords win; write ./digits to load a folder of that name
         raw = _load_digits()
+    elif spec == "animals":
+        raw = _load_animals()
     else:
         path = Path(spec).expanduser()
         if not path.exists():
@@ -447,34 +601,126 @@ def load_data(spec: str, *, seed: int = 0, holdout_frac: float = 0.15, test_frac
                 raise ScalenasError(f"data path {spec}: directory is empty")
             if _is_cifar_dir(path):
                 raw = _load_cifar(path)
+                if source == "stream":
+                    lazy = _lazy_from_raw(raw, in_channels)
+                    raw = None
+            elif _npy_dir(path):
+                lazy = _array_source(path, in_channels)
+                if source == "memory":
+                    raw, lazy = _raw_from_lazy(lazy), None
             else:
-                raw = _load_image_folder(path, store_size or 32, in_channels)
+                cache = Path(cache_dir) / FILE_LIST if cache_dir is not None else None
+                index, test_index, _ = load_file_lists(path, cache, rescan)
+                mode = image_mode(index, in_channels)
+                size = store_size or 32
+                n_all = len(index) + (len(test_index) if test_index is not None else 0)
+                big = _estimate_bytes(n_all, 1 if mode == "L" else 3, size) > memory_limit_mb * 2 ** 20
+                record = file_list_record(path, index, test_index)
+                if source == "stream" or (source == "auto" and big):
+                    lazy = _Lazy(ImageFiles(index.root, index.files, index.labels, mode, size), list(index.classes),
+                                 {"kind": "imagefolder", "path": str(path), "image_mode": mode,
+                                  "test_path": test_index.root if test_index is not None else None},
+                                 test=(ImageFiles(test_index.root, test_index.files, test_index.labels, mode, size)
+                                       if test_index is not None else None),
+                                 file_list=record)
+                else:
+                    raw = _load_image_folder(index, test_index, size, mode, max_bad_frac)
+                    raw.file_list = record
         elif path.suffix.lower() == ".npz":
-            raw = _load_npz(path)
+            if source == "stream":
+                lazy = _array_source(path, in_channels)
+            else:
+                raw = _load_npz(path)
         else:
             raise ScalenasError(f"data path {spec}: not a directory or a .npz file")
-    where = spec if spec == "digits" else raw.source["path"]
-
-    if len(raw.classes) < 2:
-        raise ScalenasError(f"data {where}: only one class ({raw.classes[0] if raw.classes else 'none'}); "
+    kind_source = (raw or lazy).source  # type: ignore[union-attr]
+    where = spec if spec in ("digits", "animals") else kind_source["path"]
+    classes = (raw or lazy).classes  # type: ignore[union-attr]
+    if len(classes) < 2:
+        raise ScalenasError(f"data {where}: only one class ({classes[0] if classes else 'none'}); "
                             "classification needs at least two")
+    level, default_flip = default_level(kind_source["kind"])
+    level = level if augment == "auto" else augment
+    flip = default_flip if flip is None else bool(flip)
+    if lazy is not None:
+        return _stream_splits(lazy, spec, where, seed, holdout_frac, test_frac, mean, std, workers, pin_memory,
+                              max_bad_frac, level, flip)
+    assert raw is not None
+    return _memory_splits(raw, spec, where, seed, holdout_frac, test_frac, in_channels, store_size, mean, std,
+                          level, flip)
 
-    # Split first on indices (cheap), then convert/resize/normalise only what is kept.
-    if raw.test_x is not None:
+
+def _load_animals() -> _Raw:
+    from scalenas.data.animals import load_animals
+
+    x, y, classes, source = load_animals()
+    return _Raw(x=torch.from_numpy(np.ascontiguousarray(x)).float().div_(255.0), y=y, classes=classes,
+                source=source)
+
+
+def _lazy_from_raw(raw: _Raw, in_channels: int | None) -> _Lazy:
+    """An in-memory decoded source (CIFAR) served through the streaming path, as uint8."""
+    def arr(x: torch.Tensor) -> np.ndarray:
+        return x.mul(255.0).round_().to(torch.uint8).numpy()
+
+    test = ArrayImages(arr(raw.test_x), raw.test_y, "nchw", in_channels) if raw.test_x is not None else None
+    return _Lazy(ArrayImages(arr(raw.x), raw.y, "nchw", in_channels), raw.classes, raw.source, test=test)
+
+
+def _raw_from_lazy(lazy: _Lazy) -> _Raw:
+    ds = lazy.train
+    x, y, _ = ds.__getitems__(list(range(len(ds))))
+    return _Raw(x=x.float().div_(255.0) if x.dtype == torch.uint8 else x.float(), y=y.numpy(),
+                classes=lazy.classes, source=lazy.source)
+
+
+def _split_indices(y: np.ndarray, test_y: np.ndarray | None, seed: int, holdout_frac: float, test_frac: float,
+                   classes: list[str], where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, float | None]:
+    if test_y is not None:
         frac_desc = f"holdout_frac={holdout_frac}"
-        train_idx, hold_idx = _stratified_split(raw.y, [holdout_frac], seed, raw.classes, where, frac_desc)
-        test_idx = np.arange(len(raw.test_y))
-        test_x, test_y = raw.test_x, raw.test_y
-        used_test_frac: float | None = None
-    else:
-        used_test_frac = _check_frac("test_frac", test_frac)
-        if holdout_frac + used_test_frac >= 1.0:
-            raise ScalenasError(f"holdout_frac={holdout_frac} + test_frac={used_test_frac}: must sum to < 1")
-        frac_desc = f"holdout_frac={holdout_frac} and test_frac={used_test_frac}"
-        train_idx, hold_idx, test_idx = _stratified_split(raw.y, [holdout_frac, used_test_frac], seed,
-                                                          raw.classes, where, frac_desc)
-        test_x, test_y = raw.x[torch.from_numpy(test_idx)], raw.y[test_idx]
+        train_idx, hold_idx = _stratified_split(y, [holdout_frac], seed, classes, where, frac_desc)
+        return train_idx, hold_idx, np.arange(len(test_y)), None
+    used = _check_frac("test_frac", test_frac)
+    if holdout_frac + used >= 1.0:
+        raise ScalenasError(f"holdout_frac={holdout_frac} + test_frac={used}: must sum to < 1")
+    frac_desc = f"holdout_frac={holdout_frac} and test_frac={used}"
+    train_idx, hold_idx, test_idx = _stratified_split(y, [holdout_frac, used], seed, classes, where, frac_desc)
+    return train_idx, hold_idx, test_idx, used
 
+
+def _info(spec: str, source: dict, seed: int, holdout_frac: float, used_test_frac: float | None,
+          idx: dict[str, np.ndarray], ys: dict[str, np.ndarray], classes: list[str], **rest: Any) -> dict:
+    listed = sum(len(v) for v in idx.values()) <= MAX_LISTED_INDICES
+    return {
+        "format": DATA_INFO_FORMAT,
+        "name": spec,
+        "source": source,
+        "seed": seed,
+        "holdout_frac": holdout_frac,
+        "test_frac": used_test_frac,
+        "test_source": "split" if used_test_frac is not None else (source.get("test_file")
+                                                                   or source.get("test_path")),
+        "index_base": ("positions in the training pool (test: in the predefined test set)"
+                       if used_test_frac is None else "positions in the loaded dataset"),
+        "sizes": {n: len(v) for n, v in idx.items()},
+        "class_counts": {n: np.bincount(np.asarray(y), minlength=len(classes)).tolist() for n, y in ys.items()},
+        "indices": {n: _index_record(v, listed) for n, v in idx.items()},
+        "num_classes": len(classes),
+        "classes": list(classes),
+        **rest,
+    }
+
+
+def _memory_splits(raw: _Raw, spec: str, where: str, seed: int, holdout_frac: float, test_frac: float,
+                   in_channels: int | None, store_size: int | None, mean: list[float] | None,
+                   std: list[float] | None, level: str, flip: bool) -> DataSplits:
+    # Split first on indices (cheap), then convert/resize/normalise only what is kept.
+    train_idx, hold_idx, test_idx, used_test_frac = _split_indices(raw.y, raw.test_y, seed, holdout_frac,
+                                                                   test_frac, raw.classes, where)
+    if raw.test_x is not None:
+        test_x, test_y = raw.test_x, raw.test_y
+    else:
+        test_x, test_y = raw.x[torch.from_numpy(test_idx)], raw.y[test_idx]
     parts = {
         "train": (raw.x[torch.from_numpy(train_idx)], raw.y[train_idx]),
         "holdout": (raw.x[torch.from_numpy(hold_idx)], raw.y[hold_idx]),
@@ -508,47 +754,76 @@ def load_data(spec: str, *, seed: int = 0, holdout_frac: float = 0.15, test_frac
     if given_std is None and min(std_v) < 1e-8:
         raise ScalenasError(f"data {where}: a channel is constant on the train split (std {std_v}); "
                             "pass std explicitly")
+    storage_hw = [int(d) for d in parts["train"][0].shape[2:]]
+    pipeline = DevicePipeline(level, flip, mean_v, std_v, min(storage_hw))
     m = torch.tensor(mean_v, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std_v, dtype=torch.float32).view(1, -1, 1, 1)
-    splits = {n: Split(x=px.sub_(m).div_(s), y=torch.from_numpy(np.ascontiguousarray(py)).long())
+    splits = {n: Split(x=px.sub_(m).div_(s), y=torch.from_numpy(np.ascontiguousarray(py)).long(), pipeline=pipeline)
               for n, (px, py) in parts.items()}
-
-    total = len(train_idx) + len(hold_idx) + len(test_idx)
-    listed = total <= MAX_LISTED_INDICES
-    storage_hw = [int(d) for d in splits["train"].x.shape[2:]]
-    info = {
-        "format": DATA_INFO_FORMAT,
-        "name": spec,
-        "source": raw.source,
-        "seed": seed,
-        "holdout_frac": holdout_frac,
-        "test_frac": used_test_frac,
-        "test_source": "split" if used_test_frac is not None else raw.source.get("test_file"),
-        "index_base": ("positions in the concatenated training batches (test: in the test batch)"
-                       if used_test_frac is None else "positions in the loaded dataset"),
-        "sizes": {n: len(sp) for n, sp in splits.items()},
-        "class_counts": {n: np.bincount(sp.y.numpy(), minlength=len(raw.classes)).tolist()
-                         for n, sp in splits.items()},
-        "indices": {"train": _index_record(train_idx, listed), "holdout": _index_record(hold_idx, listed),
-                    "test": _index_record(test_idx, listed)},
-        "num_classes": len(raw.classes),
-        "classes": list(raw.classes),
-        "native_channels": native_channels,
-        "in_channels": channels,
-        "channel_conversion": conversion,
-        "native_size": native_hw,
-        "storage_size": storage_hw,
-        "mean": [float(v) for v in mean_v],
-        "std": [float(v) for v in std_v],
-        "normalisation": {"mean": "given" if given_mean is not None else "computed on train split",
-                          "std": "given" if given_std is not None else "computed on train split",
-                          "train_mean_before": c_mean, "train_std_before": c_std},
-        "skipped": raw.skipped,
-        "skipped_files": raw.skipped_files,
-    }
+    info = _info(spec, raw.source, seed, holdout_frac, used_test_frac,
+                 {"train": train_idx, "holdout": hold_idx, "test": test_idx},
+                 {n: sp.y.numpy() for n, sp in splits.items()}, raw.classes,
+                 source_mode="memory",
+                 native_channels=native_channels, in_channels=channels, channel_conversion=conversion,
+                 native_size=native_hw, storage_size=storage_hw,
+                 mean=[float(v) for v in mean_v], std=[float(v) for v in std_v],
+                 normalisation={"mean": "given" if given_mean is not None else "computed on train split",
+                                "std": "given" if given_std is not None else "computed on train split",
+                                "train_mean_before": c_mean, "train_std_before": c_std},
+                 augmentation=pipeline.describe(), skipped=raw.skipped, skipped_files=raw.skipped_files)
     return DataSplits(name=spec, train=splits["train"], holdout=splits["holdout"], test=splits["test"],
                       num_classes=len(raw.classes), in_channels=channels, classes=list(raw.classes),
-                      mean=info["mean"], std=info["std"], info=info)
+                      mean=info["mean"], std=info["std"], info=info, pipeline=pipeline, file_list=raw.file_list)
+
+
+def _stream_splits(lazy: _Lazy, spec: str, where: str, seed: int, holdout_frac: float, test_frac: float,
+                   mean: list[float] | None, std: list[float] | None, workers: int | None, pin_memory: bool,
+                   max_bad_frac: float, level: str, flip: bool) -> DataSplits:
+    ds, test_ds = lazy.train, lazy.test
+    y = dataset_labels(ds)
+    test_y = dataset_labels(test_ds) if test_ds is not None else None
+    train_idx, hold_idx, test_idx, used_test_frac = _split_indices(y, test_y, seed, holdout_frac, test_frac,
+                                                                   lazy.classes, where)
+    workers = cap_workers(min(4, os.cpu_count() or 1) if workers is None else workers)
+    bad = BadFiles(ds, max_bad_frac, len(ds))
+    test_bad = BadFiles(test_ds, max_bad_frac, len(test_ds)) if test_ds is not None else bad
+    channels = int(ds.channels)
+    train = StreamSplit(ds, train_idx, workers, pin_memory, bad)
+    # Channel statistics from a seeded sample of the train split (decoding every image would be an epoch).
+    g = np.random.default_rng(seed)
+    sample = np.sort(g.choice(len(train), size=min(STATS_SAMPLE, len(train)), replace=False))
+    xs, _ = train.take(torch.from_numpy(sample))
+    xs = xs.float().div_(255.0) if xs.dtype == torch.uint8 else xs.float()
+    c_mean, c_std = _channel_stats(xs)
+    given_mean = _check_stats("mean", mean, channels, positive=False)
+    given_std = _check_stats("std", std, channels, positive=True)
+    mean_v = given_mean if given_mean is not None else c_mean
+    std_v = given_std if given_std is not None else c_std
+    if given_std is None and min(std_v) < 1e-8:
+        raise ScalenasError(f"data {where}: a channel is constant on the sampled train images (std {std_v}); "
+                            "pass std explicitly")
+    stored = [int(d) for d in xs.shape[2:]]
+    pipeline = DevicePipeline(level, flip, mean_v, std_v, min(stored))
+    train.pipeline = pipeline
+    holdout = StreamSplit(ds, hold_idx, workers, pin_memory, bad, pipeline)
+    test = StreamSplit(test_ds if test_ds is not None else ds, test_idx, workers, pin_memory, test_bad, pipeline)
+    splits = {"train": train, "holdout": holdout, "test": test}
+    how = f"estimated on {len(sample)} seeded train images"
+    info = _info(spec, lazy.source, seed, holdout_frac, used_test_frac,
+                 {"train": train_idx, "holdout": hold_idx, "test": test_idx},
+                 {n: sp.y.numpy() for n, sp in splits.items()}, lazy.classes,
+                 source_mode="stream", workers=workers,
+                 native_channels=channels, in_channels=channels,
+                 channel_conversion=lazy.source.get("image_mode") and f"Pillow convert('{lazy.source['image_mode']}')",
+                 native_size=None, storage_size=stored,
+                 mean=[float(v) for v in mean_v], std=[float(v) for v in std_v],
+                 normalisation={"mean": "given" if given_mean is not None else how,
+                                "std": "given" if given_std is not None else how,
+                                "train_mean_before": c_mean, "train_std_before": c_std},
+                 augmentation=pipeline.describe(), skipped=None, skipped_files=[])
+    return DataSplits(name=spec, train=train, holdout=holdout, test=test, num_classes=len(lazy.classes),
+                      in_channels=channels, classes=list(lazy.classes), mean=info["mean"], std=info["std"],
+                      info=info, pipeline=pipeline, file_list=lazy.file_list)
 
 
 def resize_batch(x: torch.Tensor, resolution: int) -> torch.Tensor:
@@ -559,16 +834,17 @@ def resize_batch(x: torch.Tensor, resolution: int) -> torch.Tensor:
     """
     if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
         raise ScalenasError(f"resolution={resolution!r}: must be a positive integer (pixels)")
-    h, w = x.shape[-2:]
-    if h == resolution and w == resolution:
-        return x
-    down = resolution < h or resolution < w
-    return F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=down)
+    return _resize(x, resolution)
 
 
 def _derived_seed(*parts: int) -> int:
     # SeedSequence mixes the parts properly: (seed, epoch) pairs never collide the way seed * K + epoch can.
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0]) >> 1
+
+
+def derived_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (e.g. run seed, step, rank)."""
+    return _derived_seed(*parts)
 
 
 class BatchIterator:
@@ -578,12 +854,12 @@ class BatchIterator:
     taken in the current epoch. So a fresh iterator given ``load_state_dict(state_dict())`` yields exactly the
     batches an uninterrupted one would. With ``world_size > 1`` every rank walks the same permutation and
     takes the strided share ``perm[rank::world_size]`` (disjoint when ``drop_last``; without it the
-    permutation is padded by wrapping so all ranks still get the same number of batches). Batches come at
-    storage size; the caller resizes with :func:`resize_batch`.
+    permutation is padded by wrapping so all ranks still get the same number of batches). Batches come raw at
+    storage size (a streaming split's decoded ahead by its workers); the device pipeline augments them.
     """
 
     def __init__(self, split: Split, batch_size: int, seed: int, *, shuffle: bool = True, drop_last: bool = True,
-                 rank: int = 0, world_size: int = 1, augment: bool = False) -> None:
+                 rank: int = 0, world_size: int = 1) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ScalenasError(f"batch_size={batch_size!r}: must be a positive integer")
         if not isinstance(world_size, int) or world_size < 1:
@@ -599,7 +875,7 @@ class BatchIterator:
         self.drop_last = drop_last
         self.rank = rank
         self.world_size = world_size
-        self.augment = augment
+        self._stream: Iterator | None = None  # a streaming split's DataLoader iterator
         n = len(split)
         if drop_last:
             self._per_rank = n // world_size
@@ -645,17 +921,26 @@ class BatchIterator:
         self._cache = (epoch, idx)
         return idx
 
-    def __iter__(self) -> "BatchIterator":
+    def __iter__(self) -> BatchIterator:
         return self
 
+    def _batches_from(self, epoch: int, position: int) -> Iterator[list[int]]:
+        """This rank's index batches from ``(epoch, position)`` on, endlessly (what the workers decode ahead)."""
+        while True:
+            idx = self._rank_indices(epoch)
+            for p in range(position, self._steps):
+                yield idx[p * self.batch_size:(p + 1) * self.batch_size].tolist()
+            epoch, position = epoch + 1, 0
+
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = self._rank_indices(self._epoch)
-        start = self._position * self.batch_size
-        sel = idx[start:start + self.batch_size]
-        x, y = self.split.x[sel], self.split.y[sel]
-        if self.augment:
-            g = torch.Generator().manual_seed(_derived_seed(self.seed, self._epoch, self._position, self.rank, 1))
-            x = _random_shift(x, g)
+        if self.split.kind == "stream":
+            if self._stream is None:
+                self._stream = self.split.stream(self._batches_from(self._epoch, self._position))
+            x, y = next(self._stream)
+        else:
+            idx = self._rank_indices(self._epoch)
+            start = self._position * self.batch_size
+            x, y = self.split.take(idx[start:start + self.batch_size])
         self._position += 1
         if self._position >= self._steps:
             self._epoch += 1
@@ -666,12 +951,12 @@ class BatchIterator:
         """JSON-able state; enough (with the same split and settings) to continue exactly where this left off."""
         return {"epoch": self._epoch, "position": self._position, "seed": self.seed, "num_samples": len(self.split),
                 "batch_size": self.batch_size, "world_size": self.world_size, "shuffle": self.shuffle,
-                "drop_last": self.drop_last, "augment": self.augment, "rank": self.rank}
+                "drop_last": self.drop_last, "rank": self.rank}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state``. Any rank may load any rank's state (ranks move in lockstep)."""
         mine = self.state_dict()
-        for key in ("seed", "num_samples", "batch_size", "world_size", "shuffle", "drop_last", "augment"):
+        for key in ("seed", "num_samples", "batch_size", "world_size", "shuffle", "drop_last"):
             if key in state and state[key] != mine[key]:
                 raise ScalenasError(f"batch iterator state: {key}={state[key]!r} does not match this run's "
                                     f"{key}={mine[key]!r}; resuming would not reproduce the batches")
@@ -680,28 +965,19 @@ class BatchIterator:
             raise ScalenasError(f"batch iterator state: epoch={epoch} position={position} out of range "
                                 f"(steps_per_epoch={self._steps})")
         self._epoch, self._position = epoch, position
+        self.close()
 
-
-def _random_shift(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Zero-pad by ``p`` pixels (1 for tiny images, else 2) and take a random crop of the original size.
-
-    Zero is the channel mean after normalisation, so the border carries no colour of its own.
-    """
-    b, c, h, w = x.shape
-    p = 1 if min(h, w) < 16 else 2
-    padded = F.pad(x, (p, p, p, p))
-    dy = torch.randint(0, 2 * p + 1, (b,), generator=g)
-    dx = torch.randint(0, 2 * p + 1, (b,), generator=g)
-    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
-    bi = torch.arange(b)[:, None, None, None]
-    ci = torch.arange(c)[None, :, None, None]
-    return padded[bi, ci, rows, cols]
+    def close(self) -> None:
+        """Stop a streaming split's loader workers (a later batch starts new ones where this left off)."""
+        self._stream = None
 
 
 def iterate_eval(split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(x, y)`` batches of ``split`` in order, the last one possibly smaller; every sample once."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ScalenasError(f"batch_size={batch_size!r}: must be a positive integer")
+    if split.kind == "stream":
+        yield from split.iterate(batch_size)
+        return
     for i in range(0, len(split), batch_size):
         yield split.x[i:i + batch_size], split.y[i:i + batch_size]

@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from scalenas.data.augment import AUGMENT_LEVELS
+from scalenas.data.datasets import SOURCES, DataSplits, load_data
 from scalenas.errors import ScalenasError
 from scalenas.options import check_options, check_value, coerce_option, option
 from scalenas.resources import JOBS, shipped_dir
@@ -25,14 +27,25 @@ class TrainConfig:
 
     # what to train on
     space: str = option("digits-tiny", "search space name or YAML path (supernet training)")
-    data: str = option("digits", "'digits', an ImageFolder dir, a CIFAR python dir or an .npz file")
+    data: str = option("digits", "'digits', 'animals', an ImageFolder dir (or train/ + val/), a CIFAR python dir, "
+                       "a dir with x.npy + y.npy, or an .npz file")
     data_seed: int | None = option(None, "seed of the train/holdout/test split (None: the seed)")
     holdout_frac: float = option(0.15, "share of the data held out for the search's fitness", min=0.0, max=1.0,
                                  max_open=True)
     test_frac: float = option(0.15, "share kept for final reports only", min=0.0, max=1.0, max_open=True)
     store_size: int | None = option(None, "store images once at this size, resized per batch (None: native; "
                                     "ImageFolder: 32)", min=1)
-    augment: bool = option(True, "random 1-2 px shifts (no flips: digits change meaning)")
+    augment: str = option("auto", "augmentation on the device: none, shift, standard (random-resized crop + flip), "
+                          "strong (+ colour jitter); auto: the dataset's default (docs/method.md)",
+                          choices=AUGMENT_LEVELS)
+    flip: bool | None = option(None, "random horizontal flips (None: the dataset's default; off for digits)")
+    source: str = option("auto", "memory (one tensor) or stream (decoded from disk by loader workers); auto: "
+                         "stream when the data would take more than memory_limit_mb", choices=SOURCES)
+    memory_limit_mb: int = option(2048, "auto source: largest in-memory float32 copy of the data (MB)", min=1)
+    workers: int | None = option(None, "data-loader worker processes of a streamed source (None: min(4, cores))",
+                                 min=0)
+    max_bad_frac: float = option(0.01, "share of unreadable images that stops the run", min=0.0, max=1.0)
+    rescan_data: bool = option(False, "re-scan an ImageFolder instead of using the run's cached file list")
     # how long
     epochs: int | None = option(None, "passes over the train split (overrides steps)", min=1)
     steps: int | None = option(800, "optimiser steps", min=1)
@@ -63,6 +76,8 @@ class TrainConfig:
     # bookkeeping
     checkpoint_every: int = option(200, "steps between atomic checkpoints (and one at the end)", min=1)
     log_every: int = option(10, "steps between train_log.csv rows", min=1)
+    tensorboard: bool = option(True, "TensorBoard scalars in RUN/tensorboard when the tensorboard package is "
+                               "installed (pip install 'scalenas[tensorboard]')")
     bn_calib_batches: int = option(4, "training batches for BN recalibration before evaluation", min=1)
     panel_random: int = option(4, "random subnets in the end-of-training panel (besides the extremes)", min=0)
     # standalone training (`scalenas train`) only
@@ -78,6 +93,8 @@ class TrainConfig:
 def validate(cfg: TrainConfig, where: str = "config") -> TrainConfig:
     """Check every key (type, finiteness, choices, range) and the rules between keys; fill the
     optimiser-dependent defaults (lr, weight_decay)."""
+    if isinstance(cfg.augment, bool):  # the boolean of earlier versions: true = the dataset's default
+        cfg.augment = "auto" if cfg.augment else "none"
     check_options(cfg, where)
     if cfg.epochs is None and cfg.steps is None:
         raise ScalenasError(f"{where}: steps: give steps or epochs")
@@ -117,6 +134,8 @@ def load_job(job: str | None, overrides: dict[str, Any] | None = None) -> TrainC
         for k, v in data.items():
             if k not in known:
                 raise ScalenasError(f"{path}: {k}: unknown key (the keys are TrainConfig's fields, see docs/method.md)")
+            if k == "augment" and isinstance(v, bool):
+                v = "auto" if v else "none"
             setattr(cfg, k, coerce_option(known[k], v, str(path)))
         if "epochs" in data and "steps" not in data:
             cfg.steps = None
@@ -134,3 +153,24 @@ def load_job(job: str | None, overrides: dict[str, Any] | None = None) -> TrainC
 
 def dump_config(cfg: TrainConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def data_options(cfg: TrainConfig | dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of :func:`scalenas.data.datasets.load_data` that a recipe (a config or the
+    config record of a checkpoint) sets, besides the data itself and its channels."""
+    d = cfg.to_dict() if isinstance(cfg, TrainConfig) else dict(cfg)
+    base = TrainConfig().to_dict()
+    get = lambda k: d.get(k, base[k])  # noqa: E731 - older records lack the newer keys
+    augment = get("augment")
+    if isinstance(augment, bool):
+        augment = "auto" if augment else "none"
+    return {"seed": d.get("data_seed") if d.get("data_seed") is not None else d.get("seed", 0),
+            "holdout_frac": get("holdout_frac"), "test_frac": get("test_frac"), "store_size": get("store_size"),
+            "source": get("source"), "memory_limit_mb": get("memory_limit_mb"), "workers": get("workers"),
+            "max_bad_frac": get("max_bad_frac"), "augment": augment, "flip": get("flip")}
+
+
+def load_run_data(cfg: TrainConfig, in_channels: int, out_dir: Path, device) -> DataSplits:
+    """The run's data: the recipe's source and pipeline, the file list cached in ``out_dir``."""
+    return load_data(cfg.data, in_channels=in_channels, pin_memory=getattr(device, "type", "") == "cuda",
+                     cache_dir=out_dir, rescan=cfg.rescan_data, **data_options(cfg))

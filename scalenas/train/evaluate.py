@@ -16,12 +16,21 @@ from scalenas.spaces.arch import Subnet
 from scalenas.data.datasets import Split, iterate_eval, resize_batch
 
 
-def calibration_batches(split: Split, batches: int, batch_size: int, seed: int) -> list[torch.Tensor]:
-    """A fixed, seeded set of training images for BN recalibration (same for every candidate)."""
+class CalibrationBatches(list):
+    """Raw training batches for BN recalibration, with the evaluation view of their split (``view(x, r)``)."""
+
+    def __init__(self, batches, view=resize_batch):
+        super().__init__(batches)
+        self.view = view
+
+
+def calibration_batches(split: Split, batches: int, batch_size: int, seed: int) -> CalibrationBatches:
+    """A fixed, seeded set of training images for BN recalibration (same for every candidate), decoded once
+    and seen through the evaluation view (no augmentation)."""
     g = torch.Generator().manual_seed(seed)
     n = min(len(split), batches * batch_size)
     idx = torch.randperm(len(split), generator=g)[:n]
-    return [split.x[idx[i:i + batch_size]] for i in range(0, n, batch_size)]
+    return CalibrationBatches([split.take(idx[i:i + batch_size])[0] for i in range(0, n, batch_size)], split.view)
 
 
 @torch.no_grad()
@@ -34,13 +43,14 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor], resolution
     """
     from scalenas.models.supernet import SuperNet
 
+    view = getattr(batches, "view", resize_batch)
     batches = list(batches)
     model.train()
     if isinstance(model, SuperNet):
         model.reset_bn_stats(subnet, side)
         for k, xb in enumerate(batches):
             model.bn_momentum = 1.0 / (k + 1)  # cumulative average over the calibration batches
-            model(resize_batch(xb.to(device), resolution), subnet, side)
+            model(view(xb.to(device), resolution), subnet, side)
         model.bn_momentum = None
     else:
         bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -49,7 +59,7 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor], resolution
             m.reset_running_stats()
             m.momentum = None  # cumulative moving average
         for xb in batches:
-            model(resize_batch(xb.to(device), resolution))
+            model(view(xb.to(device), resolution))
         for m, mom in zip(bns, saved):
             m.momentum = mom
     model.eval()
@@ -68,7 +78,7 @@ def evaluate_split(model: nn.Module, split: Split, resolution: int, subnet: Subn
     hits: list[torch.Tensor] = []
     loss_sum = 0.0
     for xb, yb in iterate_eval(split, batch_size):
-        xb = resize_batch(xb.to(device), resolution)
+        xb = split.view(xb.to(device), resolution)
         out = model(xb, subnet, side) if isinstance(model, SuperNet) else model(xb)
         out = out.float().cpu()
         loss_sum += float(F.cross_entropy(out, yb, reduction="sum"))

@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scalenas.data.datasets import BatchIterator, load_data, resize_batch
+from scalenas.data.augment import DevicePipeline, train_view
+from scalenas.data.datasets import BatchIterator, derived_seed
 from scalenas.errors import ScalenasError
 from scalenas.io import (atomic_torch_save, atomic_write_json, atomic_write_text, folder_lock, make_dir,
                          remove_stale_temps, safe_torch_load, seed_everything)
@@ -41,7 +42,7 @@ from scalenas.runs import RUNS_DIR, STANDALONE_CKPT, latest_run, new_run_dir
 from scalenas.spaces.arch import Subnet, derive_subnet, read_arch
 from scalenas.spaces.flops import FLOPS_CONVENTION, count_params, fvcore_flops, subnet_flops_params
 from scalenas.spaces.space import SearchSpace, load_space
-from scalenas.train.config import TrainConfig, dump_config
+from scalenas.train.config import TrainConfig, dump_config, load_run_data
 from scalenas.train.evaluate import accuracy
 from scalenas.train.loop import (LoopState, Precision, StepResult, common_payload, resolve_device, restore,
                                  resumed_config, resumed_total, run_loop, total_steps)
@@ -277,12 +278,16 @@ class StandaloneStep:
     """One plain optimiser step of a standalone model at its own resolution."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, resolution: int, cfg: TrainConfig,
-                 precision: Precision):
+                 precision: Precision, pipeline: DevicePipeline | None = None):
         self.model, self.optimizer, self.resolution, self.cfg, self.precision = \
             model, optimizer, resolution, cfg, precision
+        self.pipeline = pipeline
+        self.steps = 0
 
     def __call__(self, xb: torch.Tensor, yb: torch.Tensor, stop: bool) -> StepResult:
-        x = self.precision.prepare(resize_batch(xb, self.resolution))
+        seed = derived_seed(self.cfg.seed, self.steps, 0, 11)
+        self.steps += 1
+        x = self.precision.prepare(train_view(self.pipeline, xb, self.resolution, seed))
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         with self.precision.autocast():
@@ -344,8 +349,7 @@ def _train_standalone(cfg: TrainConfig, spec: ModelSpec | None, out_dir: Path, d
             return done
         spec = _rebuild(payload, ckpt_path)
     data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
-    data = load_data(cfg.data, seed=data_seed, holdout_frac=cfg.holdout_frac, test_frac=cfg.test_frac,
-                     in_channels=spec.in_channels, store_size=cfg.store_size)
+    data = load_run_data(cfg, spec.in_channels, out_dir, device)
     if data.num_classes != spec.num_classes:
         raise ScalenasError(f"data {cfg.data} has {data.num_classes} classes but the model has {spec.num_classes} "
                             "outputs")
@@ -357,12 +361,13 @@ def _train_standalone(cfg: TrainConfig, spec: ModelSpec | None, out_dir: Path, d
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(cfg.optimizer, model, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
                          nesterov=cfg.nesterov)
-    batches = BatchIterator(data.train, cfg.batch_size, seed=cfg.seed, augment=cfg.augment)
-    step_obj = StandaloneStep(model, opt, spec.resolution, cfg, precision)
+    batches = BatchIterator(data.train, cfg.batch_size, seed=cfg.seed)
+    step_obj = StandaloneStep(model, opt, spec.resolution, cfg, precision, data.pipeline)
     total = total_steps(cfg, batches.steps_per_epoch)
     state = LoopState()
     if payload is not None:
         state = restore(payload, step_obj, batches, out_dir, str(out_dir / TRAIN_CKPT_NAME))
+        step_obj.steps = state.step
     flops, params = model_flops_params(spec)
     cfg_record = {**cfg.to_dict(), "data_seed": data_seed}
 

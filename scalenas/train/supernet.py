@@ -28,9 +28,10 @@ from scalenas.runs import latest_run, new_run_dir
 from scalenas.spaces.arch import Subnet, extreme_subnets, sample_base, sample_subnet
 from scalenas.spaces.flops import subnet_flops_params
 from scalenas.spaces.space import SearchSpace, load_space, space_from_dict
-from scalenas.data.datasets import BatchIterator, DataSplits, load_data, resize_batch
+from scalenas.data.augment import DevicePipeline, train_view
+from scalenas.data.datasets import BatchIterator, DataSplits, derived_seed
 from scalenas.train.checkpoint import CKPT_NAME, checkpoint_space, read_checkpoint, save_checkpoint
-from scalenas.train.config import TrainConfig, dump_config
+from scalenas.train.config import TrainConfig, dump_config, load_run_data
 from scalenas.train.evaluate import calibration_batches, soft_cross_entropy, subnet_top1
 from scalenas.train.loop import (DistInfo, LoopState, Precision, StepResult, common_payload, init_distributed,
                                  resolve_device, restore, resumed_config, resumed_total, run_loop,
@@ -96,9 +97,10 @@ class SupernetStep:
     """One supernet optimiser step: draw the path(s), forward/backward each, all-reduce, masked update."""
 
     def __init__(self, model: SuperNet, optimizer, sampler: PathSampler, cfg: TrainConfig, precision: Precision,
-                 dinfo: DistInfo, debug_path: str | None = None):
+                 dinfo: DistInfo, debug_path: str | None = None, pipeline: DevicePipeline | None = None):
         self.model, self.optimizer, self.sampler, self.cfg = model, optimizer, sampler, cfg
         self.precision, self.dinfo, self.debug_path = precision, dinfo, debug_path
+        self.pipeline = pipeline
         self.steps = 0
 
     def __call__(self, xb: torch.Tensor, yb: torch.Tensor, stop: bool) -> StepResult:
@@ -109,8 +111,10 @@ class SupernetStep:
         self.optimizer.zero_grad(set_to_none=True)
         teacher = None
         loss_v, correct = 0.0, 0
+        # One seed per step and rank: every pass of the step sees the same views, at its own resolution.
+        view_seed = derived_seed(cfg.seed, self.steps, self.dinfo.rank, 11)
         for k, sub in enumerate(subnets):
-            x = prec.prepare(resize_batch(xb, sub.resolution))
+            x = prec.prepare(train_view(self.pipeline, xb, sub.resolution, view_seed))
             with prec.autocast():
                 out = model(x, sub, side)
                 if teacher is not None:
@@ -196,8 +200,7 @@ def _train_supernet(cfg: TrainConfig, out_dir: Path, space: SearchSpace | None, 
         if done:
             return done
     data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
-    data = load_data(cfg.data, seed=data_seed, holdout_frac=cfg.holdout_frac, test_frac=cfg.test_frac,
-                     in_channels=space.in_channels, store_size=cfg.store_size)
+    data = load_run_data(cfg, space.in_channels, out_dir, device)
     if data.num_classes != space.num_classes:
         space = _space_with_classes(space, data.num_classes)
 
@@ -208,10 +211,9 @@ def _train_supernet(cfg: TrainConfig, out_dir: Path, space: SearchSpace | None, 
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(cfg.optimizer, model, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
                          nesterov=cfg.nesterov, path_masked=True)
-    batches = BatchIterator(data.train, cfg.batch_size, seed=cfg.seed, rank=dinfo.rank, world_size=dinfo.world,
-                            augment=cfg.augment)
+    batches = BatchIterator(data.train, cfg.batch_size, seed=cfg.seed, rank=dinfo.rank, world_size=dinfo.world)
     step_obj = SupernetStep(model, opt, PathSampler(space, cfg, cfg.seed), cfg, precision, dinfo,
-                            os.environ.get(DEBUG_ENV))
+                            os.environ.get(DEBUG_ENV), data.pipeline)
     total = total_steps(cfg, batches.steps_per_epoch)
     state = LoopState()
     if payload is not None:

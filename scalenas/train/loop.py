@@ -275,6 +275,21 @@ def restore(payload: dict[str, Any], step_obj: TrainStep, batches, out_dir: Path
 
 
 # ------------------------------------------------------------------------------- the loop
+BOARD_DIR = "tensorboard"
+
+
+def _tensorboard(out_dir: Path, step: int):
+    """A TensorBoard writer in ``RUN/tensorboard`` when the ``tensorboard`` package is installed, else None.
+
+    ``purge_step``: a resumed run drops events logged after its checkpoint, so the curves have no doubles.
+    """
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(Path(out_dir) / BOARD_DIR), purge_step=step if step > 0 else None)
+
+
 def run_loop(step_obj: TrainStep, batches, cfg: TrainConfig, *, total: int, device: torch.device,
              out_dir: Path, state: LoopState, save_checkpoint: Callable[[bool], None],
              dinfo: DistInfo | None = None, progress: bool = True, desc: str = "train",
@@ -297,6 +312,8 @@ def run_loop(step_obj: TrainStep, batches, cfg: TrainConfig, *, total: int, devi
     if main and state.step > 0:  # resumed: the log agrees with the checkpoint from the first moment
         write_log(out_dir, state.log_rows)
 
+    board = _tensorboard(out_dir, state.step) if main and cfg.tensorboard else None
+    stage_loss: dict[int, list[float]] = {}
     stop = StopRequest()
     bar = tqdm(total=total, initial=state.step, disable=not (progress and main), dynamic_ncols=True, desc=desc,
                unit="step")
@@ -320,6 +337,9 @@ def run_loop(step_obj: TrainStep, batches, cfg: TrainConfig, *, total: int, devi
                 correct += res.correct
                 seen += res.seen
                 imgs += len(yb) * dinfo.world
+                if "stage" in res.log:
+                    acc = stage_loss.setdefault(int(res.log["stage"]), [0.0, 0])
+                    acc[0], acc[1] = acc[0] + res.loss, acc[1] + 1
                 if state.step % cfg.log_every == 0 or state.step == total:
                     now = time.perf_counter()
                     ips = imgs / max(1e-9, now - t_last)
@@ -327,6 +347,12 @@ def run_loop(step_obj: TrainStep, batches, cfg: TrainConfig, *, total: int, devi
                            "train_top1": correct / max(1, seen), "images_per_s": ips,
                            "data_wait_s": wait / max(1, steps_since), **res.log}
                     state.log_rows.append(row)
+                    if board is not None:
+                        for key in ("loss", "train_top1", "lr", "images_per_s", "data_wait_s"):
+                            board.add_scalar(f"train/{key}", row[key], state.step)
+                        for s_, (total_loss, n) in sorted(stage_loss.items()):
+                            board.add_scalar(f"train/loss_stage{s_}", total_loss / n, state.step)
+                    stage_loss.clear()
                     bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['train_top1']:.3f}", lr=f"{lr:.4f}",
                                     img_s=f"{ips:.0f}")
                     t_last, imgs, loss_sum, correct, seen, wait, steps_since = now, 0, 0.0, 0, 0, 0.0, 0
@@ -340,6 +366,10 @@ def run_loop(step_obj: TrainStep, batches, cfg: TrainConfig, *, total: int, devi
                     break
         finally:
             bar.close()
+            if hasattr(batches, "close"):
+                batches.close()  # a streaming source's loader workers
+            if board is not None:
+                board.close()
     state.train_seconds += time.perf_counter() - t_start
     checkpoint(not interrupted)
     if interrupted and main:

@@ -342,7 +342,9 @@ def _train_standalone(cfg: TrainConfig, spec: ModelSpec | None, out_dir: Path, d
     if spec is None:  # resume
         ckpt_path = out_dir / TRAIN_CKPT_NAME
         payload = read_train_checkpoint(ckpt_path)
+        rescan = cfg.rescan_data  # an action of this invocation, not part of the saved recipe
         cfg = resumed_config(cfg, payload, str(ckpt_path))
+        cfg.rescan_data = rescan
         cfg, done = resumed_total(cfg, payload, extend_to, out_dir, str(ckpt_path),
                                   outputs=("final.pt", RESULT_NAME))
         if done:

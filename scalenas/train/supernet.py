@@ -41,6 +41,7 @@ from scalenas.train.optim import make_optimizer, masks_from_record
 # Debug hook (tests of multi-process runs): when set, every process appends one JSON line per step to
 # "<value>.rank<R>.jsonl" with the step's stage, coupling side, subnets and the sum of all parameters after it.
 DEBUG_ENV = "SCALENAS_DEBUG_STEPS"
+STOP_ENV = "SCALENAS_DEBUG_STOP_AFTER"  # stop (as if interrupted) after this many steps
 
 
 # ------------------------------------------------------------------------------- sampling
@@ -135,7 +136,7 @@ class SupernetStep:
         prec.step(self.optimizer)
         self.steps += 1
         if self.debug_path:
-            _debug_step(self.debug_path, self.dinfo.rank, self.steps, stage, side, subnets, model)
+            _debug_step(self.debug_path, self.dinfo.rank, self.steps, stage, side, subnets, model, xb)
         return StepResult(loss_v, correct, len(yb), stop, {"stage": stage, "resolution": subnets[-1].resolution})
 
     def state_dict(self) -> Any:
@@ -158,6 +159,8 @@ def train_supernet(cfg: TrainConfig, out_dir: Path | None = None, resume: bool =
     The run folder is locked (:func:`~scalenas.io.folder_lock`) while this runs; stale temp files are removed.
     """
     wall_start = time.perf_counter()
+    if stop_after is None and os.environ.get(STOP_ENV):
+        stop_after = int(os.environ[STOP_ENV])  # a debug hook: simulate an interruption (tests, torchrun)
     space = None if (resume and space_from_checkpoint) else load_space(cfg.space)
     dinfo = init_distributed(cfg.device)
     device = resolve_device(cfg.device, dinfo.local_rank)
@@ -194,7 +197,9 @@ def _train_supernet(cfg: TrainConfig, out_dir: Path, space: SearchSpace | None, 
             raise ScalenasError(f"{ckpt_path}: checkpoint of space {payload['space']!r}, but the job trains "
                                 f"{space.name!r}")
         # The run's own recipe wins on resume, so the weights match an uninterrupted run.
+        rescan = cfg.rescan_data  # an action of this invocation, not part of the saved recipe
         cfg = resumed_config(cfg, payload, str(ckpt_path))
+        cfg.rescan_data = rescan
         cfg, done = resumed_total(cfg, payload, extend_to, out_dir, str(ckpt_path),
                                   outputs=("panel.csv", "run_summary.json"))
         if done:
@@ -279,11 +284,12 @@ def allreduce_path_grads(model: SuperNet, world: int, stop: bool = False) -> boo
 
 
 def _debug_step(prefix: str, rank: int, step: int, stage: int, side: int, subnets: list[Subnet],
-                model: SuperNet) -> None:
+                model: SuperNet, xb: torch.Tensor) -> None:
     with torch.no_grad():
         total = float(sum(p.double().sum() for p in model.parameters()).item())
+    # first_pixels: the raw top-left value of every image of the batch (tests mark images by it)
     row = {"step": step, "stage": stage, "side": side, "subnets": [s.to_dict() for s in subnets],
-           "param_sum": total}
+           "param_sum": total, "first_pixels": xb[:, 0, 0, 0].float().tolist()}
     with open(f"{prefix}.rank{rank}.jsonl", "a") as fh:
         fh.write(json.dumps(row) + "\n")
 

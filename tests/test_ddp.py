@@ -95,3 +95,48 @@ def test_stop_request_of_one_rank_stops_every_rank():
     for p, (o, e) in zip(procs, outs):
         assert p.returncode == 0, e[-2000:]
         assert o.split() == ["True", "False", "1.5", "True"], o
+
+
+def test_torchrun_streams_disjoint_shards_and_resumes_exactly(tmp_path):
+    """2 gloo processes stream an ImageFolder: every rank reads its own share of each epoch's permutation, and a
+    run interrupted after step 3 and resumed ends with the weights of an uninterrupted one."""
+    from test_streaming import make_tree
+
+    root = make_tree(tmp_path / "imgs", classes=[f"c{i}" for i in range(10)], per_class=8, size=16, mode="L")
+    job = tmp_path / "job.yaml"
+    job.write_text("panel_random: 0\nbn_calib_batches: 1\nlog_every: 1\nwarmup_steps: 2\ncheckpoint_every: 2\n")
+
+    def torchrun(out, extra_env=None, resume=False):
+        env = {**os.environ, DEBUG_ENV: str(out) + "-steps", "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo",
+               "MASTER_ADDR": "127.0.0.1", **(extra_env or {})}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+               "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "scalenas.cli", "train-supernet"]
+        cmd += (["--resume"] if resume else ["--job", str(job), "--data", str(root), "--source", "stream",
+                                              "--workers", "1", "--steps", "6", "--batch-size", "8",
+                                              "--threads", "1", "--device", "cpu"])
+        cmd += ["--out", str(out), "--no-progress"]
+        return subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+    whole = torchrun(tmp_path / "a")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    cut = torchrun(tmp_path / "b", {"SCALENAS_DEBUG_STOP_AFTER": "3"})
+    assert cut.returncode != 0 and "interrupted at step 3/6" in cut.stderr, cut.stderr[-3000:]  # torchrun: 1
+    assert read_checkpoint(tmp_path / "b")["step"] == 3
+    again = torchrun(tmp_path / "b", resume=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    a, b = read_checkpoint(tmp_path / "a"), read_checkpoint(tmp_path / "b")
+    assert a["step"] == b["step"] == 6 and a["data"]["world_size"] == 2
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+    rows = [[json.loads(line) for line in open(f"{tmp_path / 'a'}-steps.rank{r}.jsonl")] for r in (0, 1)]
+    per_epoch = read_checkpoint(tmp_path / "a")["data"]
+    assert per_epoch["num_samples"] == 60 and len(rows[0]) == len(rows[1]) == 6  # 80 - holdout 10 - test 10
+    steps_per_epoch = 60 // 2 // 8  # 3
+    for e in range(2):
+        ids = [{v for r in rank_rows[e * steps_per_epoch:(e + 1) * steps_per_epoch] for v in r["first_pixels"]}
+               for rank_rows in rows]
+        assert not ids[0] & ids[1] and len(ids[0]) == len(ids[1]) == steps_per_epoch * 8
+    resumed_rows = [[json.loads(line) for line in open(f"{tmp_path / 'b'}-steps.rank{r}.jsonl")] for r in (0, 1)]
+    for r in (0, 1):  # the resumed run read the very batches the uninterrupted one read
+        assert [x["first_pixels"] for x in resumed_rows[r]] == [x["first_pixels"] for x in rows[r]]

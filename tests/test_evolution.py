@@ -251,7 +251,8 @@ def test_every_strategy_runs_and_writes_every_report(name, tmp_path):
     n = SPACE.num_scaling_stages
     pareto = pd.read_csv(tmp_path / "pareto.csv")
     assert list(pareto.columns) == ["generation", "candidate", "stage", "target_flops", "flops", "params",
-                                    "resolution", "depth_mult", "width_mult", "top1", "feasible", "is_pareto", "arch"]
+                                    "resolution", "depth_mult", "width_mult", "top1", "top1_se", "loss", "loss_se",
+                                    "feasible", "is_pareto", "arch"]
     assert len(pareto) > 0 and pareto["is_pareto"].any()
     family = pd.read_csv(tmp_path / "family.csv")
     assert list(family["stage"]) == list(range(n + 1)) and set(family["kind"]) == {"searched"}
@@ -260,8 +261,8 @@ def test_every_strategy_runs_and_writes_every_report(name, tmp_path):
         assert row["flops"] == subnet_flops_params(SPACE, sub)[0]
         assert row["top1"] == pytest.approx(score(sub))
     log = pd.read_csv(tmp_path / "search_log.csv")
-    assert list(log.columns) == ["generation", "best_fitness", "mean_fitness", "feasible_share", "evaluations",
-                                 "evaluations_per_s", "gave_up"]
+    assert list(log.columns) == ["generation", "best_fitness", "fitness_noise", "mean_fitness", "mean_fitness_noise",
+                                 "tie_width", "feasible_share", "evaluations", "evaluations_per_s", "gave_up"]
     assert log["evaluations"].is_monotonic_increasing and log["evaluations"].iloc[-1] == result["evaluations"]
     best = json.loads((tmp_path / "best.json").read_text())
     assert best["space"] == SPACE.name and best["targets"] == TARGETS and best["tolerance"] == 0.1

@@ -13,7 +13,7 @@ from scalenas.search.strategy import SearchOptions
 # SearchOptions / EvaluationSettings keys that are flags (defaults, ranges and help come from the dataclasses).
 SEARCH_FLAGS = ("population", "generations", "elites", "matrix_lr", "smoothing", "chain_sample_prob",
                 "depth_mutation", "op_mutation", "tolerance", "budget", "seed", "max_tries",
-                "alternate_base_generations")
+                "alternate_base_generations", "metric", "tie_tolerance")
 EVAL_FLAGS = ("workers", "threads_per_worker", "ray_address", "calib_batches", "device")
 
 
@@ -22,8 +22,9 @@ def add_parser(sub) -> None:
         "search", help="jointly search the base network and the scaling chain under FLOPs targets",
         description="Markov-chain evolution (docs/method.md): individuals are (base network, scaling chain); the "
         "transition matrices of the chain are re-estimated from the elites every generation. Fitness is the "
-        "supernet's holdout top-1 after BN recalibration, evaluated by Ray workers that keep the supernet loaded. "
-        "FLOPs are fvcore MACs at batch 1.")
+        "supernet's holdout top-1 (--metric top1) or minus its holdout log-loss (--metric loss) after BN "
+        "recalibration, evaluated by Ray workers that keep the supernet loaded; fitness differences below the "
+        "measured noise (--tie-tolerance) are ties, won by the cheaper family. FLOPs are fvcore MACs at batch 1.")
     p.add_argument("--target-flops", required=True,
                    help="top of the family (e.g. 2G: stage s gets 2G*growth^(s-S)) or a comma list T0,...,TS; "
                         "units K, M, G, T")
@@ -72,8 +73,11 @@ def run(args: argparse.Namespace) -> int:
     out = Path(result["out_dir"])
     print_family(out)
     fitness = result.get("fitness")  # None when no complete family was evaluated (or every evaluation failed)
+    noise = result.get("fitness_noise")
     print(f"{result['evaluations']} subnet evaluations in {result['seconds']:.0f} s; best fitness "
-          + ("none" if fitness is None else f"{fitness:.4f}"))
+          + ("none" if fitness is None else f"{fitness:.4f}")
+          + ("" if fitness is None or noise is None else f" ± {noise:.4f}")
+          + f" ({result.get('metric', 'top1')})")
     print(f"reports: {out}/pareto.csv family.csv chain.json best.json search_log.csv pareto.png")
     return 0
 
@@ -84,7 +88,7 @@ def print_family(out: Path) -> None:
 
     fam = pd.read_csv(out / "family.csv")
     cols = [c for c in ("stage", "target_flops", "flops", "params", "resolution", "depth_mult", "width_mult",
-                        "top1", "feasible") if c in fam.columns]
+                        "top1", "loss", "feasible") if c in fam.columns and (c != "loss" or fam[c].notna().any())]
     print(fam[cols].to_string(index=False))
 
 

@@ -18,24 +18,28 @@ from scalenas.io import atomic_write_bytes, atomic_write_csv, atomic_write_json
 if TYPE_CHECKING:  # reports read a strategy; they never drive one
     from scalenas.search.strategy import Strategy
 
+MEMBER_METRICS = ["top1", "top1_se", "loss", "loss_se"]  # per member: both metrics and their bootstrap SE
 PARETO_COLUMNS = ["generation", "candidate", "stage", "target_flops", "flops", "params", "resolution", "depth_mult",
-                  "width_mult", "top1", "feasible", "is_pareto", "arch"]
+                  "width_mult", *MEMBER_METRICS, "feasible", "is_pareto", "arch"]
 FAMILY_COLUMNS = ["stage", "kind", "target_flops", "flops", "params", "resolution", "depth_mult", "width_mult",
-                  "top1", "feasible", "arch"]
-LOG_COLUMNS = ["generation", "best_fitness", "mean_fitness", "feasible_share", "evaluations", "evaluations_per_s",
-               "gave_up"]
+                  *MEMBER_METRICS, "feasible", "arch"]
+LOG_COLUMNS = ["generation", "best_fitness", "fitness_noise", "mean_fitness", "mean_fitness_noise", "tie_width",
+               "feasible_share", "evaluations", "evaluations_per_s", "gave_up"]
 
 
-def pareto_mask(frame: pd.DataFrame) -> np.ndarray:
-    """Non-dominated rows of ``frame`` within each stage (fewer FLOPs and higher top-1 are better).
+def pareto_mask(frame: pd.DataFrame, metric: str = "top1") -> np.ndarray:
+    """Non-dominated rows of ``frame`` within each stage (fewer FLOPs and a better ``metric`` are better:
+    higher ``top1``, or lower ``loss``).
 
-    A row is dominated when another row of its stage has flops <= and top1 >= with one of them strict. Rows
-    without a top-1 (failed evaluations) are never on the front. Sort-based, O(n log n) per stage.
+    A row is dominated when another row of its stage has flops <= and top1 >= (loss <=) with one of them strict.
+    Rows without the metric (failed evaluations) are never on the front. Sort-based, O(n log n) per stage.
     """
     mask = np.zeros(len(frame), dtype=bool)
     if frame.empty:
         return mask
-    top1 = pd.to_numeric(frame["top1"], errors="coerce")
+    if metric not in ("top1", "loss"):
+        raise ValueError(f"pareto_mask: metric must be top1 or loss, got {metric!r}")
+    top1 = pd.to_numeric(frame[metric], errors="coerce") * (1.0 if metric == "top1" else -1.0)
     for _, idx in frame.groupby("stage").groups.items():
         sub = pd.DataFrame({"flops": frame.loc[idx, "flops"].astype(float), "top1": top1.loc[idx]}).dropna()
         if sub.empty:
@@ -52,7 +56,7 @@ def pareto_mask(frame: pd.DataFrame) -> np.ndarray:
 
 def pareto_frame(strategy: "Strategy") -> pd.DataFrame:
     frame = pd.DataFrame(strategy.pareto_rows(), columns=[c for c in PARETO_COLUMNS if c != "is_pareto"])
-    frame.insert(PARETO_COLUMNS.index("is_pareto"), "is_pareto", pareto_mask(frame))
+    frame.insert(PARETO_COLUMNS.index("is_pareto"), "is_pareto", pareto_mask(frame, strategy.options.metric))
     return frame
 
 
@@ -74,11 +78,12 @@ def chain_report(strategy: "Strategy", best: dict[str, Any]) -> dict[str, Any]:
 def best_report(strategy: "Strategy", best: dict[str, Any]) -> dict[str, Any]:
     return {"space": strategy.space.name, "strategy": strategy.name, "base": best.get("base"),
             "chain": [{k: x[k] for k in ("depth", "width", "resolution")} for x in best.get("chain", [])],
-            "fitness": best.get("fitness"), "feasible": best.get("feasible"),
+            "metric": best.get("metric", strategy.options.metric), "fitness": best.get("fitness"),
+            "fitness_noise": best.get("fitness_noise"), "feasible": best.get("feasible"),
             "targets": strategy.targets, "tolerance": strategy.options.tolerance,
             "flops_convention": FLOPS_CONVENTION,
-            "family": [{"stage": r["stage"], "arch": r["arch"], "flops": r["flops"], "top1": r["top1"]}
-                       for r in best.get("family", [])],
+            "family": [{"stage": r["stage"], "arch": r["arch"], "flops": r["flops"],
+                        **{k: r.get(k) for k in MEMBER_METRICS}} for r in best.get("family", [])],
             **({"bases": best["bases"]} if "bases" in best else {})}
 
 
@@ -121,13 +126,14 @@ def write_reports(out_dir: str | Path, strategy: "Strategy") -> dict[str, Path]:
     """Write every report of ``strategy`` into ``out_dir`` (atomically); returns their paths.
 
     - ``pareto.csv``: one row per evaluated (candidate, stage): generation, candidate, stage, target_flops,
-      flops, params, resolution, depth_mult, width_mult, top1, feasible, is_pareto (non-dominated in FLOPs vs
-      top-1 within its stage), arch (canonical subnet JSON).
+      flops, params, resolution, depth_mult, width_mult, top1, top1_se, loss, loss_se, feasible, is_pareto
+      (non-dominated in FLOPs vs the search's metric within its stage), arch (canonical subnet JSON).
     - ``family.csv``: the best family, one row per stage (kind = "searched").
     - ``chain.json``: the best chain as indices and values; pi and every T_s with row/column labels.
-    - ``best.json``: space, base, chain (d, w, r per stage 1..S), fitness, targets, tolerance, FLOPs convention.
-    - ``search_log.csv``: per generation best/mean fitness, feasible share, cumulative unique evaluations,
-      evaluations/s and the number of constrained samplers that gave up.
+    - ``best.json``: space, base, chain (d, w, r per stage 1..S), metric, fitness and its noise, targets,
+      tolerance, FLOPs convention.
+    - ``search_log.csv``: per generation best fitness and its noise, mean fitness and mean noise, the tie width,
+      feasible share, cumulative unique evaluations, evaluations/s and the constrained samplers that gave up.
     - ``pareto.png``: top-1 vs FLOPs, per-stage colours, the family highlighted.
     """
     out = Path(out_dir)

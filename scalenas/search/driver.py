@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from scalenas.errors import ScalenasError
 from scalenas.search.strategy import Strategy
 from scalenas.spaces.arch import Subnet
 from scalenas.spaces.space import SearchSpace, load_space
 
-def run_search(space: SearchSpace | str, strategy: Strategy, evaluate: Callable[[list[Subnet]], Sequence[float]],
+def run_search(space: SearchSpace | str, strategy: Strategy,
+               evaluate: Callable[[list[Subnet]], Sequence[float | Mapping[str, Any] | None]],
                out_dir: str | Path, resume: bool = False, progress: bool = True,
                on_generation: Callable[[Strategy], Any] | None = None) -> dict[str, Any]:
     """ask → evaluate → tell until done; after every generation write ``out_dir/state.json``, then call
     ``on_generation(strategy)`` if given (also after the final save and the save on KeyboardInterrupt).
 
+    ``evaluate`` returns one result per subnet, as :meth:`Strategy.tell` takes it: the value of the search's
+    metric, or a dict with it (and optionally ``top1``, ``loss``, ``top1_se``, ``loss_se``), None when it failed.
     ``resume=True`` continues from ``out_dir/state.json``. A KeyboardInterrupt saves the state, then re-raises.
     Returns :meth:`Strategy.best` plus ``evaluations``, ``generations`` and ``out_dir``.
     """

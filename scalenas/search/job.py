@@ -26,7 +26,12 @@ from scalenas.train.checkpoint import checkpoint_space, read_checkpoint, resolve
 
 REPORT_FILES = ("state.json", "pareto.csv", "family.csv", "chain.json", "best.json", "search_log.csv", "pareto.png",
                 "search_config.json")
-FITNESS = "supernet holdout top-1 after BN recalibration, coupling side 0"
+FITNESS = {  # per --metric: what a member's score is (the fitness is their weighted mean)
+    "top1": "supernet holdout top-1 after BN recalibration, coupling side 0",
+    "loss": "minus the supernet holdout log-loss (natural log, mean per image) after BN recalibration, coupling "
+            "side 0",
+}
+NOISE = "bootstrap standard error of the metric over the holdout images (200 seeded resamples)"
 
 
 @dataclass
@@ -173,15 +178,18 @@ def search_supernet(ckpt: Path, run_dir: Path, target_flops: str, *, strategy: s
             "supernet": str(ckpt), "space": space.name, "strategy": strategy, "targets": targets,
             "options": recorded_options, "workers": workers, "threads_per_worker": evaluation.threads_per_worker,
             "ray_address": evaluation.ray_address, "device": device, "calib_batches": evaluation.calib_batches,
-            "fitness": FITNESS, "flops_convention": FLOPS_CONVENTION})
+            "metric": recorded_options["metric"],
+            "fitness": FITNESS[recorded_options["metric"]], "noise": NOISE,
+            "tie_tolerance": recorded_options["tie_tolerance"], "flops_convention": FLOPS_CONVENTION})
         from scalenas.spaces.targets import format_flops
 
         announce(f"search {strategy} on {space.name}: targets "
                  + ", ".join(f"s{s} {format_flops(t)}" for s, t in enumerate(targets))
-                 + f" (±{options.tolerance:.0%}); supernet {ckpt}; {workers} worker(s); reports in {out_dir}")
+                 + f" (±{options.tolerance:.0%}); metric {recorded_options['metric']}; supernet {ckpt}; "
+                 f"{workers} worker(s); reports in {out_dir}")
 
-        def evaluate(subnets):
-            return [r["top1"] for r in pool.map([s.to_json() for s in subnets])]
+        def evaluate(subnets):  # the evaluators' whole results: top-1, loss and their noise
+            return pool.map([s.to_json() for s in subnets])
 
         callback = None if on_generation is None else functools.partial(on_generation, out_dir)
         result = run_search(space, search, evaluate, out_dir, resume=resume, progress=progress,

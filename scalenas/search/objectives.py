@@ -6,9 +6,13 @@ family (or a part of it) is, without knowing how a strategy represents or breeds
 
 - feasibility: a stage is feasible when its FLOPs lie within the relative tolerance of the stage's target; the
   violation of a set of stages is the sum of their relative distances outside their bands (0: feasible);
-- fitness: the weighted mean top-1 over the stages (weights renormalised over the stages given);
+- fitness: the weighted mean of the members' scores over the stages (weights renormalised over the stages
+  given); a score is higher-is-better: the holdout top-1, or minus the holdout log-loss (the search's ``metric``);
+- fitness noise: the same weighted mean of the members' standard errors, an upper bound of the standard error of
+  the fitness whatever the correlation between members (they are scored on the same holdout images);
 - selection is feasibility-first (:meth:`FamilyObjective.selection_key`): feasible beats infeasible, feasible
-  ones compare by fitness, infeasible ones by their total violation.
+  ones compare by fitness, infeasible ones by their total violation. Among feasible ones a strategy may treat
+  fitness differences below the noise as ties and prefer the cheaper family (:meth:`FamilyObjective.cost`).
 """
 from __future__ import annotations
 
@@ -101,15 +105,26 @@ class FamilyObjective:
         return tuple(int(v) for v in np.unravel_index(np.argmin(table), table.shape))  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ fitness and selection
-    def fitness(self, top1: Mapping[int, float | None]) -> float:
-        """Weighted mean of ``top1`` (stage -> top-1) over its stages, weights renormalised over them (equal if
-        all 0). NaN when a stage's top-1 is NaN or None (failed or missing)."""
-        stages = list(top1)
+    def fitness(self, scores: Mapping[int, float | None]) -> float:
+        """Weighted mean of ``scores`` (stage -> score, e.g. top-1) over its stages, weights renormalised over
+        them (equal if all 0). NaN when a stage's score is NaN or None (failed or missing)."""
+        stages = list(scores)
         w = np.array([self.stage_weights[s] for s in stages])
         if w.sum() <= 0:
             w = np.ones(len(stages))
-        vals = [math.nan if top1[s] is None else top1[s] for s in stages]
+        vals = [math.nan if scores[s] is None else scores[s] for s in stages]
         return float(np.dot(w, vals) / w.sum())
+
+    def fitness_noise(self, errors: Mapping[int, float | None]) -> float:
+        """The noise of :meth:`fitness`: the same weighted mean of the members' standard errors (stage -> SE).
+        By the triangle inequality it bounds the SE of the weighted mean for any correlation between members.
+        NaN when a stage's SE is unknown. Stages of weight 0 do not count (as in the fitness)."""
+        return self.fitness(errors)
+
+    def cost(self, members: Iterable[tuple[int, Subnet]]) -> float:
+        """The tie-break cost of (stage, subnet) members: their FLOPs relative to their stage targets, summed
+        (each stage counts alike, whatever its size; lower is cheaper)."""
+        return sum(subnet_flops_params(self.space, sub)[0] / self.targets[s] for s, sub in members)
 
     @staticmethod
     def selection_key(violation: float, fitness: float) -> tuple[int, float, float]:

@@ -122,7 +122,7 @@ class AlternateStrategy(Strategy):
             for s in range(1, self.n + 1):
                 tried = {c.states[s] for c in evaluated} | {chain[s - 1]}
                 table = self.objective.stage_table(base, s)
-                ranked = sorted(tried, key=lambda x: (table[x] > 0, table[x], -_finite(self.top1(base, s, x))))
+                ranked = sorted(tried, key=lambda x: (table[x] > 0, table[x], -_finite(self.score(base, s, x))))
                 new_chain.append(ranked[0])
             self.fixed_chain = new_chain
         if self.elites:

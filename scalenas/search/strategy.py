@@ -3,9 +3,10 @@
 An individual (:class:`Candidate`) is a base network g plus one scaling state per scaling stage. Its family is
 the subnets s = 0..S: stage 0 is g itself at (d=1, w=1, r=base), stage s >= 1 is g at (D_s[i], W_s[j], R_s[k]).
 A strategy proposes a generation of candidates, the caller evaluates the subnets they need (:meth:`ask`) and
-reports the supernet top-1 of each (:meth:`tell`); the strategy then selects, learns and breeds the next
-generation. The same object is driven by :func:`scalenas.search.driver.run_search` (a plain loop), by the
-lead's Ray evaluator and by Ray Tune (:mod:`scalenas.search.tune`). What a family is worth (FLOPs bands,
+reports the metric of each (:meth:`tell`: holdout top-1 or log-loss, optionally with their noise); the strategy
+then selects, learns and breeds the next generation. The same object is driven by
+:func:`scalenas.search.driver.run_search` (a plain loop), by the lead's Ray evaluator and by Ray Tune
+(:mod:`scalenas.search.tune`). What a family is worth (FLOPs bands,
 fitness, the selection order) is :class:`scalenas.search.objectives.FamilyObjective`; the strategies themselves
 are in :mod:`scalenas.search.strategies`.
 
@@ -15,6 +16,8 @@ Design choices that keep searches comparable and reproducible:
   (``derive_subnet(...).key()``), so two (d, w, r) that build the same network cost one evaluation, and no
   subnet is ever evaluated twice in a run. No family (tuple of built keys) is proposed twice either.
 - Selection is feasibility-first (:meth:`FamilyObjective.selection_key`) over the stages a candidate covers.
+  Feasible candidates whose fitness differs by less than the tie width (``tie_tolerance``, by default the
+  measured noise of the evaluations) are ties, won by the cheaper candidate (:meth:`Strategy.rank`).
 - Samplers that retry to satisfy the FLOPs bands and the no-duplicate rule make at most ``max_tries`` tries,
   then keep the least-violating new candidate, count a give-up (``gave_up`` in the search log) and warn.
 - One ``random.Random(seed)`` drives everything; its state is part of :meth:`Strategy.state_dict`, so a search
@@ -47,6 +50,8 @@ from scalenas.spaces.targets import check_targets, check_tolerance
 logger = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
+METRICS = ("top1", "loss")  # the per-member score: holdout top-1, or holdout log-loss (score = -loss)
+MEASURES = ("top1", "loss", "top1_se", "loss_se")  # what an evaluation may report per subnet
 
 
 # ============================================================================================== options
@@ -74,6 +79,11 @@ class SearchOptions:
     max_tries: int = option(100, "tries of a constrained sampler before it gives up (and reports it)", min=1)
     alternate_base_generations: int = option(2, "alternate: base generations between two scaling grid searches",
                                              min=1)
+    metric: str = option("top1", "per-member score: holdout top-1, or holdout log-loss (fitness = minus the "
+                         "weighted mean loss, so higher is better); a search keeps its metric", choices=METRICS)
+    tie_tolerance: float | None = option(None, "feasible candidates whose fitness differs by less than this tie; "
+                                         "the cheaper one wins (None: the measured noise, the median bootstrap SE "
+                                         "of the evaluated subnets; 0: exact order)", min=0.0)
 
     def resolved(self, n_stages: int) -> "SearchOptions":
         """A validated copy with the stage weights filled in for stages 0..``n_stages``."""
@@ -183,7 +193,8 @@ class Strategy:
         self.rng = random.Random(self.options.seed)
         self.generation = 0
         self.done = False
-        self.cache: dict[str, float] = {}  # built key -> top-1 (NaN: the evaluation failed)
+        self.cache: dict[str, float] = {}  # built key -> score: top-1 or -loss, higher is better (NaN: failed)
+        self.metrics: dict[str, dict[str, float]] = {}  # built key -> the MEASURES an evaluation reported
         self.population: list[Candidate] = []  # the current generation, awaiting evaluation
         self.archive: list[tuple[int, Candidate]] = []  # (generation, candidate) of every evaluated candidate
         self.history: list[dict[str, Any]] = []
@@ -234,28 +245,93 @@ class Strategy:
     def family_key(self, c: Candidate) -> tuple[tuple[int, str], ...]:
         return tuple((s, built_key(self.space, sub)) for s, sub in self.subnets(c))
 
+    def _key(self, base: Base, stage: int, state: State) -> str:
+        return built_key(self.space, self.subnet(base, stage, state))
+
+    def score(self, base: Base, stage: int, state: State) -> float | None:
+        """The cached score of one subnet (higher is better: top-1, or -loss with metric ``loss``), None if not
+        evaluated, NaN if its evaluation failed."""
+        return self.cache.get(self._key(base, stage, state))
+
+    def measures(self, base: Base, stage: int, state: State) -> dict[str, float | None]:
+        """``top1``, ``loss``, ``top1_se``, ``loss_se`` of one subnet (None: not evaluated, failed or not
+        reported; an evaluator that reports plain numbers gives only the search's metric)."""
+        key = self._key(base, stage, state)
+        out: dict[str, float | None] = dict.fromkeys(MEASURES)
+        out.update(self.metrics.get(key, {}))
+        metric, value = self.options.metric, self.cache.get(key)
+        if out[metric] is None and value is not None and math.isfinite(value):
+            out[metric] = value if metric == "top1" else -value
+        return out
+
     def top1(self, base: Base, stage: int, state: State) -> float | None:
-        """The cached top-1 of one subnet, None if not evaluated."""
-        return self.cache.get(built_key(self.space, self.subnet(base, stage, state)))
+        """The top-1 of one subnet, None if not evaluated (or not reported), NaN if its evaluation failed."""
+        if self.options.metric == "top1":
+            return self.score(base, stage, state)
+        return self.metrics.get(self._key(base, stage, state), {}).get("top1")
+
+    def noise(self, base: Base, stage: int, state: State) -> float:
+        """The standard error of one subnet's score (the evaluator's bootstrap SE of the metric), NaN if unknown."""
+        se = self.metrics.get(self._key(base, stage, state), {}).get(f"{self.options.metric}_se")
+        return math.nan if se is None else se
 
     def violation(self, c: Candidate) -> float:
         """Total relative FLOPs violation over the candidate's stages (0: feasible)."""
         return self.objective.violation(self.subnets(c))
 
     def fitness(self, c: Candidate) -> float:
-        """The objective's weighted mean top-1 over the candidate's stages (NaN: a stage failed or is missing)."""
-        return self.objective.fitness({s: self.top1(c.base, s, c.states[s]) for s in c.stages})  # type: ignore
+        """The objective's weighted mean score over the candidate's stages (NaN: a stage failed or is missing)."""
+        return self.objective.fitness({s: self.score(c.base, s, c.states[s]) for s in c.stages})  # type: ignore
+
+    def fitness_noise(self, c: Candidate) -> float:
+        """The noise of :meth:`fitness` (:meth:`FamilyObjective.fitness_noise`; NaN when a member's is unknown)."""
+        return self.objective.fitness_noise({s: self.noise(c.base, s, c.states[s]) for s in c.stages})  # type: ignore
+
+    def cost(self, c: Candidate) -> float:
+        """The tie-break cost: the members' FLOPs relative to their targets, summed (:meth:`FamilyObjective.cost`)."""
+        return self.objective.cost(self.subnets(c))
 
     def feasible(self, c: Candidate) -> bool:
         return self.violation(c) == 0.0
 
+    def tie_width(self) -> float:
+        """Fitness differences below this are ties: ``tie_tolerance`` if set, else the measured noise, the median
+        standard error of the metric over the subnets evaluated so far (0 while none reported one)."""
+        if self.options.tie_tolerance is not None:
+            return float(self.options.tie_tolerance)
+        name = f"{self.options.metric}_se"
+        errors = [m[name] for k, m in self.metrics.items()
+                  if name in m and math.isfinite(self.cache.get(k, math.nan))]
+        return float(np.median(errors)) if errors else 0.0
+
     def rank(self, candidates: Iterable[Candidate]) -> list[Candidate]:
-        """Candidates best first (feasibility-first; stable: ties keep their order), without duplicate families."""
+        """Candidates best first, without duplicate families.
+
+        Feasibility-first (:meth:`FamilyObjective.selection_key`; stable: exact ties keep their order). Then,
+        with a positive :meth:`tie_width` w, the feasible candidates are taken in tie groups: the best one left
+        and every one whose fitness is within w of it (strictly less than w below it); a group is ordered by
+        :meth:`cost` (the cheaper first), then by fitness, then by the order given. Deterministic.
+        """
         unique: dict[tuple[tuple[int, str], ...], Candidate] = {}
         for c in candidates:
             unique.setdefault(self.family_key(c), c)
         key = self.objective.selection_key
-        return sorted(unique.values(), key=lambda c: key(self.violation(c), self.fitness(c)))
+        scored = [(c, self.violation(c), self.fitness(c)) for c in unique.values()]
+        ordered = sorted(scored, key=lambda t: key(t[1], t[2]))
+        width = self.tie_width() if ordered else 0.0
+        if width <= 0:
+            return [c for c, _, _ in ordered]
+        head = [t for t in ordered if t[1] == 0.0 and math.isfinite(t[2])]  # a prefix of ``ordered``
+        out: list[Candidate] = []
+        i = 0
+        while i < len(head):
+            top = head[i][2]
+            j = i + 1
+            while j < len(head) and head[j][2] > top - width:
+                j += 1
+            out += sorted((c for c, _, _ in head[i:j]), key=self.cost)  # stable: fitness order within a cost
+            i = j
+        return out + [c for c, _, _ in ordered[len(head):]]
 
     # ------------------------------------------------------------------ breeding helpers
     def mutate_base(self, parents: Sequence[Base]) -> Base:
@@ -376,8 +452,14 @@ class Strategy:
             self._gen_started = time.monotonic()
         return self._missing()
 
-    def tell(self, results: Mapping[str, float | None]) -> None:
-        """Record top-1 per subnet JSON (None/NaN: failed); finishes the generation once all are in."""
+    def tell(self, results: Mapping[str, float | Mapping[str, Any] | None]) -> None:
+        """Record the result of each subnet JSON; finishes the generation once all are in.
+
+        A result is the value of the search's metric (a number: top-1, or the loss with metric ``loss``), or
+        a mapping with that metric and optionally the others of ``top1``, ``loss``, ``top1_se``, ``loss_se``
+        (what :class:`~scalenas.search.fitness.SupernetEvaluator` returns; other keys are ignored). None or NaN
+        (also as the mapping's metric): the evaluation failed.
+        """
         pending = {built_key(self.space, s): s for s in self._missing()}
         for text, value in results.items():
             sub = parse_subnet(json.loads(text), self.space, source="result")
@@ -386,8 +468,30 @@ class Strategy:
                 continue  # already known (a duplicate report): the first value stands
             if key not in pending:
                 raise ScalenasError(f"result for a subnet the search did not ask for: {sub.short()}")
-            self.cache[key] = math.nan if value is None else float(value)
+            score, measured = self._score(value, sub)
+            self.cache[key] = score
+            if measured:
+                self.metrics[key] = measured
         self._maybe_finish()
+
+    def _score(self, value: float | Mapping[str, Any] | None, sub: Subnet) -> tuple[float, dict[str, float]]:
+        """(score, finite measures) of one result; the score is higher-is-better (top-1, or -loss)."""
+        metric = self.options.metric
+        measured: dict[str, float] = {}
+        if isinstance(value, Mapping):
+            if metric not in value:
+                raise ScalenasError(f"result for {sub.short()} has no {metric!r} (the search's metric); it has "
+                                    f"{', '.join(map(str, value)) or 'nothing'}")
+            for name in MEASURES:
+                x = value.get(name)
+                if x is not None and math.isfinite(float(x)):
+                    measured[name] = float(x)
+            raw = measured.get(metric)
+        else:
+            raw = None if value is None else float(value)
+        if raw is None or not math.isfinite(raw):
+            return math.nan, measured
+        return (raw if metric == "top1" else -raw), measured
 
     def _maybe_finish(self) -> None:
         # Bounded: every pass either stops or advances the generation counter toward options.generations.
@@ -399,13 +503,17 @@ class Strategy:
         self.archive.extend((self.generation, c) for c in evaluated)
         self._after_generation(evaluated)
         fits = np.array([self.fitness(c) for c in evaluated]) if evaluated else np.array([math.nan])
+        noises = np.array([self.fitness_noise(c) for c in evaluated]) if evaluated else np.array([math.nan])
         best = self.best()
         new_evals = len(self.cache) - self._evals_at_start
         elapsed = None if self._gen_started is None else time.monotonic() - self._gen_started
         self.history.append({
             "generation": self.generation,
             "best_fitness": best.get("fitness"),
+            "fitness_noise": best.get("fitness_noise"),
             "mean_fitness": float(np.nanmean(fits)) if np.isfinite(fits).any() else None,
+            "mean_fitness_noise": float(np.mean(noises[np.isfinite(noises)])) if np.isfinite(noises).any() else None,
+            "tie_width": self.tie_width(),
             "feasible_share": float(np.mean([self.feasible(c) for c in evaluated])) if evaluated else 0.0,
             "evaluations": len(self.cache),
             "evaluations_per_s": (new_evals / elapsed) if elapsed else None,
@@ -429,16 +537,19 @@ class Strategy:
     def stage_row(self, base: Base, stage: int, state: State) -> dict[str, Any]:
         sub = self.subnet(base, stage, state)
         flops, params = subnet_flops_params(self.space, sub)
+        m = self.measures(base, stage, state)
         top1 = self.top1(base, stage, state)
         return {"stage": stage, "target_flops": self.targets[stage], "flops": flops, "params": params,
                 "resolution": sub.resolution, "depth_mult": sub.depth, "width_mult": sub.width,
-                "top1": None if top1 is None or math.isnan(top1) else top1,
+                "top1": None if top1 is None or math.isnan(top1) else top1, "top1_se": m["top1_se"],
+                "loss": m["loss"], "loss_se": m["loss_se"],
                 "feasible": self.objective.stage_violation(stage, flops) == 0.0, "arch": sub.to_json()}
 
     def _best_dict(self, members: list[tuple[Base, int, State]]) -> dict[str, Any]:
         """best() of a family given as (base, stage, state) per stage 0..S."""
         family = [self.stage_row(*m) for m in members]
-        fitness = self.objective.fitness({r["stage"]: r["top1"] for r in family})
+        fitness = self.objective.fitness({s: self.score(b, s, x) for b, s, x in members})
+        noise = self.objective.fitness_noise({s: self.noise(b, s, x) for b, s, x in members})
         chain = []
         for base, s, x in members[1:]:
             sc = self.space.scaling[s]
@@ -446,17 +557,19 @@ class Strategy:
                           "resolution": sc.resolution[x[2]]})
         return {"strategy": self.name, "base": base_to_json(members[0][0]), "chain": chain, "family": family,
                 "fitness": fitness if math.isfinite(fitness) else None,
+                "fitness_noise": noise if math.isfinite(noise) else None, "metric": self.options.metric,
                 "feasible": all(r["feasible"] for r in family)}
 
     def best(self) -> dict[str, Any]:
-        """The best family: base, chain (indices and values), family rows per stage, fitness, feasibility.
+        """The best family: base, chain (indices and values), family rows per stage, fitness and its noise,
+        the metric, feasibility.
 
         Empty family (and None fitness) if no complete family has been evaluated yet.
         """
         c = self.best_candidate()
         if c is None:
             return {"strategy": self.name, "base": None, "chain": [], "family": [], "fitness": None,
-                    "feasible": False}
+                    "fitness_noise": None, "metric": self.options.metric, "feasible": False}
         return self._best_dict([(c.base, s, c.states[s]) for s in range(self.n + 1)])  # type: ignore[misc]
 
     def pareto_rows(self) -> list[dict[str, Any]]:
@@ -486,6 +599,7 @@ class Strategy:
             "done": self.done, "budget_hit": self.budget_hit, "gave_up": self.gave_up,
             "evaluations": len(self.cache),
             "cache": {k: (None if math.isnan(v) else v) for k, v in self.cache.items()},
+            "metrics": self.metrics,
             "population": [c.to_dict() for c in self.population],
             "archive": [[g, c.to_dict()] for g, c in self.archive],
             "history": self.history,
@@ -502,6 +616,9 @@ class Strategy:
                 raise ScalenasError(f"cannot resume: the saved search has {field_name} {state[field_name]!r}, "
                                     f"this one {mine!r}")
         options = SearchOptions.from_dict(state["options"]).resolved(self.n)
+        if options.metric != self.options.metric:  # the cache holds scores of the saved metric
+            raise ScalenasError(f"cannot resume: the saved search has metric {options.metric!r}, this one "
+                                f"{self.options.metric!r} (a search keeps its metric)")
         differ = [k for k, v in options.to_dict().items() if getattr(self.options, k) != v]
         if differ:
             msg = f"resuming with the saved search options; these differ from the ones given: {', '.join(differ)}"
@@ -515,6 +632,8 @@ class Strategy:
         self.budget_hit = bool(state["budget_hit"])
         self.gave_up = int(state["gave_up"])
         self.cache = {k: (math.nan if v is None else float(v)) for k, v in state["cache"].items()}
+        self.metrics = {k: {name: float(v) for name, v in m.items() if name in MEASURES}
+                        for k, m in (state.get("metrics") or {}).items()}
         self.population = [Candidate.from_dict(c) for c in state["population"]]
         self.archive = [(int(g), Candidate.from_dict(c)) for g, c in state["archive"]]
         self.history = [dict(r) for r in state["history"]]

@@ -25,19 +25,24 @@ from scalenas.io import atomic_write_text
 class MarkovSearcher(Searcher):
     """A :class:`ray.tune.search.Searcher` driving a scalenas :class:`Strategy` (``markov`` or any other).
 
-    ``metric`` is the result key holding the subnet's top-1 (maximised). A trial that errors or reports no
-    metric counts as a failed evaluation (NaN: ranked last, never re-evaluated).
+    ``metric`` is the result key holding the value of the strategy's metric (its ``metric`` option): top-1,
+    maximised (``mode="max"``), or the loss, minimised (``mode="min"``); ``mode=None`` follows the strategy. A
+    trial that errors or reports no metric counts as a failed evaluation (NaN: ranked last, never re-evaluated).
     """
 
-    def __init__(self, strategy: Strategy, metric: str = "top1", mode: str = "max") -> None:
-        if mode != "max":
-            raise ScalenasError(f"MarkovSearcher maximises top-1; mode must be 'max', got {mode!r}")
+    def __init__(self, strategy: Strategy, metric: str = "top1", mode: str | None = None) -> None:
+        self._mode_needed = "min" if strategy.options.metric == "loss" else "max"
+        if mode is None:
+            mode = self._mode_needed
+        if mode != self._mode_needed:
+            raise ScalenasError(f"MarkovSearcher: the strategy's metric is {strategy.options.metric!r}, so mode "
+                                f"must be {self._mode_needed!r}, got {mode!r}")
         super().__init__(metric=metric, mode=mode)
         self.strategy = strategy
         self._trials: dict[str, str] = {}  # trial id -> subnet JSON, for trials still running
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
-        if mode not in (None, "max"):
+        if mode not in (None, self._mode_needed):
             return False
         if metric:
             self._metric = metric

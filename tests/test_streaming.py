@@ -287,3 +287,18 @@ def test_npz_zip_offsets_are_read_from_the_local_header(tmp_path):
         assert all(i.compress_type == zipfile.ZIP_STORED for i in z.infolist())
     from scalenas.data.sources import open_npz_member
     assert np.array_equal(open_npz_member(path, "x"), x)
+
+
+def test_the_imagenet_job_streams_train_and_val_with_the_standard_pipeline(tmp_path):
+    from scalenas.train.config import load_job, load_run_data
+
+    make_tree(tmp_path / "inet" / "train", per_class=10, size=40)
+    make_tree(tmp_path / "inet" / "val", per_class=2, size=40, start=100)
+    cfg = load_job("imagenet", {"data": str(tmp_path / "inet"), "device": "cpu", "workers": 0})
+    assert (cfg.source, cfg.augment, cfg.flip, cfg.store_size) == ("stream", "standard", True, 354)
+    data = load_run_data(cfg, 3, tmp_path / "run", torch.device("cpu"))
+    assert data.info["test_source"].endswith("val") and len(data.test) == 6
+    assert data.pipeline.describe()["eval_crop"] == 0.875 and data.pipeline.scale == (0.08, 1.0)
+    x, _ = data.train.take(torch.arange(2))
+    assert x.shape == (2, 3, 354, 354) and x.dtype == torch.uint8
+    assert data.pipeline.train(x, 224, seed=0).shape == (2, 3, 224, 224)

@@ -299,7 +299,7 @@ def test_failed_runs_never_touch_an_existing_checkpoint(runs, tmp_path, capsys):
         return d
 
     def snapshot(d: Path) -> dict:
-        return {p.name: p.read_bytes() for p in d.iterdir()}
+        return {str(p.relative_to(d)): p.read_bytes() for p in d.rglob("*") if p.is_file()}
 
     # A new run into a folder that holds a checkpoint.
     d = run_dir("existing")

@@ -113,12 +113,13 @@ def builtin_recipes(base: TrainConfig, space: SearchSpace) -> tuple[dict[str, di
         "lr_high": {"lr": round(base.lr * 2.0, 6)},
         "warmup_long": {"warmup_steps": max(1, min(4 * base.warmup_steps, steps // 2))},
         "calib_more": {"bn_calib_batches": 4 * base.bn_calib_batches},
-        "stage_weights": {SPACE_EDIT: {"stage_weights": [1.0] * len(space.scaling)}},
+        # Uniform; the space validator refuses equal entries in a number list, hence the 1e-6 steps.
+        "stage_weights": {SPACE_EDIT: {"stage_weights": [round(1.0 + 1e-6 * s, 6) for s in range(len(space.scaling))]}},
     }
     skipped: dict[str, str] = {}
     if space.coupling == 1:
         skipped["coupling1"] = f"space {space.name} already uses ordered coupling n=1"
-    if len({round(w, 9) for w in space.stage_weights}) == 1:
+    if max(space.stage_weights) - min(space.stage_weights) < 1e-4:
         skipped["stage_weights"] = f"space {space.name} already samples its stages uniformly"
     if recipes["warmup_long"]["warmup_steps"] <= base.warmup_steps:
         skipped["warmup_long"] = f"{steps} steps leave no room for a longer warm-up than {base.warmup_steps}"
@@ -270,12 +271,12 @@ def standalone_results(args, subnets, out: Path) -> tuple[dict[str, dict], int, 
     for i, (name, stage, sub) in enumerate(subnets):
         # The arch names the space as given (a shipped name or a YAML path), so train_standalone can load it.
         arch = json.dumps({**sub.to_dict(), "space": args.space})
-        run = out / "standalone" / f"st-{digest({'arch': sub.to_dict(), 'space': space_key(args.space), **rec})}"
+        key = {"arch": sub.to_dict(), "space": space_key(args.space), "config": rec}
+        run = out / "standalone" / f"st-{digest(key)}"
         tag = f"[standalone {i + 1}/{len(subnets)}] {name} {sub.short()}"
         if (run / RESULT_NAME).is_file():
             results[name] = json.loads((run / RESULT_NAME).read_text())
-            cached += 1
-            log(f"{tag}: cached, holdout {results[name]['holdout_top1']:.4f}")
+            cached += 1  # counted in the summary line, not one line each
             continue
         resume = (run / TRAIN_CKPT_NAME).is_file()
         t0 = time.perf_counter()
@@ -440,9 +441,13 @@ def markdown(rows: list[dict], stages: int, argv: list[str], notes: list[str], a
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Notes:", ""]
     lines += [f"- {n}" for n in notes]
-    lines += ["- `calib_more` changes only the evaluation (bn_calib_batches), so it shares `base`'s checkpoint.",
-              ("- Stage sampling weights are not a TrainConfig key; `stage_weights` sets the space's own "
-              "`stage_weights` (uniform) in a copy of the space YAML, as `coupling1` sets `coupling: 1`. The "
+    shared = [r["recipe"] for r in rows if r["supernet_cached"] and r["recipe"] != "base"]
+    if shared:
+        lines.append(f"- Reused a checkpoint trained earlier (same training config, or an earlier invocation): "
+                     f"{', '.join(shared)}. `calib_more` changes only the evaluation (bn_calib_batches), so it "
+                     "shares `base`'s checkpoint; its train s is that checkpoint's.")
+    lines += [("- Stage sampling weights are not a TrainConfig key; `stage_weights` sets the space's own "
+              "`stage_weights` (uniform: 1, 1.000001, ...; the space validator refuses equal entries) in a copy of the space YAML, as `coupling1` sets `coupling: 1`. The "
               "standalone models do not depend on either (coupling and stage weights only shape the supernet)."),
               ("- Pooled Kendall tau mixes stages (size dominates accuracy); `tau within stage` is the mean of the "
               "per-stage taus, closer to what the search compares under one FLOPs target."),

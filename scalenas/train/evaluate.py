@@ -67,7 +67,7 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor], resolution
 
 @torch.no_grad()
 def evaluate_split(model: nn.Module, split: Split, resolution: int, subnet: Subnet | None = None, side: int = 0,
-                   batch_size: int = 512, device: str | torch.device = "cpu") -> dict:
+                   batch_size: int = 128, device: str | torch.device = "cpu") -> dict:
     """Top-1 and mean log-loss (natural log, per sample) of ``model`` on ``split`` at ``resolution`` (eval mode).
 
     Returns ``{"top1", "loss", "n", "correct"}``; ``correct`` is a per-sample bool tensor (CPU), for bootstraps.
@@ -89,21 +89,21 @@ def evaluate_split(model: nn.Module, split: Split, resolution: int, subnet: Subn
 
 
 def accuracy(model: nn.Module, split: Split, resolution: int, subnet: Subnet | None = None, side: int = 0,
-             batch_size: int = 512, device: str | torch.device = "cpu") -> float:
+             batch_size: int = 128, device: str | torch.device = "cpu") -> float:
     """Top-1 of ``model`` on ``split`` at ``resolution`` (eval mode)."""
     return evaluate_split(model, split, resolution, subnet, side, batch_size, device)["top1"]
 
 
 def subnet_metrics(supernet, subnet: Subnet, calib: list[torch.Tensor], split: Split, side: int = 0,
-                   device: str | torch.device = "cpu") -> dict:
+                   device: str | torch.device = "cpu", batch_size: int = 128) -> dict:
     """Recalibrate BN of ``subnet``'s path on ``calib``, then :func:`evaluate_split` it on ``split``."""
     recalibrate_bn(supernet, calib, subnet.resolution, subnet, side, device)
-    return evaluate_split(supernet, split, subnet.resolution, subnet, side, device=device)
+    return evaluate_split(supernet, split, subnet.resolution, subnet, side, batch_size=batch_size, device=device)
 
 
 def subnet_top1(supernet, subnet: Subnet, calib: list[torch.Tensor], split: Split, side: int = 0,
-                device: str | torch.device = "cpu") -> float:
-    return subnet_metrics(supernet, subnet, calib, split, side, device)["top1"]
+                device: str | torch.device = "cpu", batch_size: int = 128) -> float:
+    return subnet_metrics(supernet, subnet, calib, split, side, device, batch_size)["top1"]
 
 
 def soft_cross_entropy(logits: torch.Tensor, soft_targets: torch.Tensor) -> torch.Tensor:

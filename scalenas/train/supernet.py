@@ -301,7 +301,7 @@ def evaluate_panel(model: SuperNet, space: SearchSpace, data: DataSplits, cfg: T
     rows = []
     for name, stage, sub in panel_subnets(space, cfg.panel_random, cfg.seed):
         flops, params = subnet_flops_params(space, sub)
-        top1 = subnet_top1(model, sub, calib, data.holdout, 0, device)
+        top1 = subnet_top1(model, sub, calib, data.holdout, 0, device, batch_size=cfg.batch_size)
         rows.append({"name": name, "stage": stage, "flops": flops, "params": params,
                      "resolution": sub.resolution, "depth_mult": sub.depth, "width_mult": sub.width,
                      "holdout_top1": round(top1, 4), "arch": sub.to_json()})

@@ -1,0 +1,137 @@
+"""``jobs/family_evidence.py`` and ``jobs/bench/bench_search.py`` end to end at toy sizes (digits, digits-tiny).
+
+One supernet (20 steps) is trained per module; the family evidence runs its whole pipeline on it (1-generation
+markov / compound / random searches in-process, 2 extrapolated members, 5-step trainings, 1 seed), then again
+from the markov search folder (everything cached), and refuses a search without extrapolated members in one
+line with exit code 2. The search benchmark runs every strategy for 2 seeds on a budget of 8 evaluations.
+No Ray (``--workers 0``); one torch thread.
+"""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+pytestmark = [pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+FAMILY_COLUMNS = {"strategy", "stage", "seed", "extrapolated", "flops", "params", "test_top1", "holdout_top1"}
+
+
+def _load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _no_ray():
+    yield
+    ray = sys.modules.get("ray")
+    assert ray is None or not ray.is_initialized(), "these scripts must not start Ray with --workers 0"
+
+
+@pytest.fixture(scope="module")
+def supernet(tmp_path_factory) -> Path:
+    from scalenas.train.config import load_job
+    from scalenas.train.supernet import train_supernet
+
+    # small holdout/test splits (~140 images each): evaluation dominates these toy trainings and searches
+    cfg = load_job("digits", {"steps": 20, "batch_size": 32, "threads": 1, "holdout_frac": 0.08, "test_frac": 0.08})
+    cfg.panel_random = 0
+    cfg.bn_calib_batches = 1
+    run = tmp_path_factory.mktemp("fe_supernet")
+    train_supernet(cfg, run, progress=False)
+    return run / "checkpoint.pt"
+
+
+@pytest.fixture(scope="module")
+def family_job():
+    return _load(ROOT / "jobs" / "family_evidence.py", "family_evidence_job")
+
+
+@pytest.fixture(scope="module")
+def pipeline(supernet, family_job, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fe")
+    out, csv, md = tmp / "cache", tmp / "family.csv", tmp / "family.md"
+    argv = ["--supernet", str(supernet), "--out", str(out), "--target-flops", "3M", "--population", "2",
+            "--generations", "1", "--elites", "1", "--calib-batches", "1", "--workers", "0", "--steps", "5",
+            "--batch-size", "16", "--seeds", "0", "--csv", str(csv), "--md", str(md)]
+    assert family_job.main(argv) == 0
+    return {"out": out, "csv": csv, "md": md, "argv": argv, "tmp": tmp}
+
+
+def test_pipeline_writes_both_files(pipeline):
+    frame = pd.read_csv(pipeline["csv"])
+    assert FAMILY_COLUMNS <= set(frame.columns)
+    assert set(frame["strategy"]) == {"markov", "compound", "random"}
+    for strat, g in frame.groupby("strategy"):
+        assert sorted(g["stage"]) == [0, 1, 2, 3, 4, 5], strat  # S = 3 searched + 2 extrapolated
+        assert g.set_index("stage")["extrapolated"].to_dict() == {0: False, 1: False, 2: False, 3: False,
+                                                                  4: True, 5: True}
+        assert g["flops"].is_monotonic_increasing
+    assert frame["test_top1"].between(0, 1).all() and frame["holdout_top1"].between(0, 1).all()
+    # the extended members sit at the markov members' FLOPs (within the default 10 % tolerance)
+    ext = frame[frame["extrapolated"]].pivot_table(index="stage", columns="strategy", values="flops")
+    assert ((ext["compound"] / ext["markov"] - 1).abs() < 0.1).all()
+    text = pipeline["md"].read_text()
+    for needle in ("markov − compound", "markov − random", "## Target", "python jobs/family_evidence.py --supernet",
+                   "smoke run", "extrapolated"):
+        assert needle in text, needle
+
+
+def test_search_mode_reuses_the_cache(pipeline, family_job, capsys):
+    csv, md = pipeline["tmp"] / "again.csv", pipeline["tmp"] / "again.md"
+    argv = ["--search", str(pipeline["out"] / "search-markov"), "--out", str(pipeline["out"]), "--steps", "5",
+            "--batch-size", "16", "--seeds", "0", "--csv", str(csv), "--md", str(md)]
+    assert family_job.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "reusing the finished one" in printed and "(cached)" in printed
+    first, again = pd.read_csv(pipeline["csv"]), pd.read_csv(csv)
+    assert first["test_top1"].tolist() == again["test_top1"].tolist()
+
+
+def test_search_without_extrapolated_members_exits_2(pipeline, family_job, capsys, tmp_path):
+    folder = tmp_path / "search"
+    shutil.copytree(pipeline["out"] / "search-markov", folder)
+    fam = pd.read_csv(folder / "family.csv")
+    fam[fam["kind"] != "extrapolated"].to_csv(folder / "family.csv", index=False)
+    out = tmp_path / "cache"
+    assert family_job.main(["--search", str(folder), "--out", str(out), "--seeds", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no extrapolated members" in err and "scalenas extrapolate" in err
+    assert not out.exists()  # nothing written
+
+
+def test_bench_search_tiny(supernet, tmp_path):
+    bench = _load(ROOT / "jobs" / "bench" / "bench_search.py", "bench_search_job")
+    csv, md = tmp_path / "search.csv", tmp_path / "search.md"
+    bench.main(["--supernet", str(supernet), "--seeds", "2", "--budget", "8", "--population", "4",
+                "--elites", "2", "--calib-batches", "1", "--target-flops", "3M", "--csv", str(csv),
+                "--md", str(md)])
+    frame = pd.read_csv(csv)
+    from scalenas.search.strategies import strategy_names
+
+    assert set(frame["strategy"]) == set(strategy_names()) and sorted(set(frame["seed"])) == [0, 1]
+    assert {"evals_to_reach_alternate", "evals_ratio_vs_alternate", "seconds_per_evaluation"} <= set(frame.columns)
+    alt = frame[frame["strategy"] == "alternate"]
+    assert (alt["evals_ratio_vs_alternate"] == 1.0).all()  # alternate reaches its own final at its own count
+    curves = pd.read_csv(tmp_path / "search_curves.csv")
+    assert {"strategy", "seed", "evaluations", "fitness"} <= set(curves.columns) and len(curves) >= len(frame)
+    text = md.read_text()
+    assert "python jobs/bench/bench_search.py --supernet" in text and "1/2.53" in text
+    assert "markov >= random in" in text and "markov >= compound in" in text

@@ -14,11 +14,12 @@ from scalenas.io import SEED_RANGE
 
 
 def add_parser(sub) -> None:
-    d = sub.add_parser("demo", help="the whole pipeline on the embedded digits: train-supernet, search, "
+    d = sub.add_parser("demo", help="the whole pipeline on the embedded animals: train-supernet, search, "
                        "extrapolate, report (CPU, minutes)",
-                       description="Train the default digits supernet, search a family with a FLOPs target "
+                       description="Train the default supernet (jobs/animals.yaml; --job digits for the quickest run), search a family with a FLOPs target "
                        "chosen inside the trained space's feasible range, extrapolate 2 members beyond it and "
                        "print the family. Everything lands in one run directory.")
+    d.add_argument("--job", default=None, help="the supernet's job (default: animals; digits is quicker and easier)")
     d.add_argument("--out", default=None, help="run directory (default: results/runs/<time>-demo)")
     d.add_argument("--steps", type=number("--steps", int, min=1), default=None,
                    help=f"supernet training steps (default {DEMO_STEPS}; --quick: {QUICK_STEPS})")
@@ -37,7 +38,7 @@ def add_parser(sub) -> None:
 
 
 # ------------------------------------------------------------------------------------------ demo
-DEMO_STEPS = 800  # the default digits job
+DEMO_STEPS = 800  # the default job's steps
 QUICK_STEPS = 40
 
 
@@ -52,7 +53,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from scalenas.search.strategy import SearchOptions
     from scalenas.spaces.targets import format_flops, reachable_target
     from scalenas.train.checkpoint import checkpoint_space, read_checkpoint
-    from scalenas.train.config import load_job
+    from scalenas.train.config import DEFAULT_JOB, load_job
     from scalenas.train.supernet import train_supernet
 
     steps = args.steps if args.steps is not None else (QUICK_STEPS if args.quick else DEMO_STEPS)
@@ -62,8 +63,9 @@ def run_demo(args: argparse.Namespace) -> int:
     times: dict[str, float] = {}
     t0 = time.perf_counter()
 
-    print(f"[1/4] train-supernet: digits job, {steps} steps -> {out}", flush=True)
-    cfg = load_job("digits", {"steps": steps, "seed": args.seed, "threads": args.threads,
+    job = args.job or DEFAULT_JOB
+    print(f"[1/4] train-supernet: {job} job, {steps} steps -> {out}", flush=True)
+    cfg = load_job(job, {"steps": steps, "seed": args.seed, "threads": args.threads,
                               "checkpoint_every": max(50, min(200, steps))})
     summary = train_supernet(cfg, out, progress=True)
     if not summary["finished"]:

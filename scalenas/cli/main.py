@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = OneLineParser(prog="scalenas", description="Search the model to scale: a base network and its scaling chain, "
                 "jointly (ScaleNet). Train a super-supernet, search a family, extrapolate it, grow models.",
-                epilog="Run 'scalenas demo' for the whole pipeline on the embedded digits data.")
+                epilog="Run 'scalenas demo' for the whole pipeline on the embedded animals data.")
     p.add_argument("--version", action="version", version=f"scalenas {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from scalenas.cli.common import add_option_flags, given
 from scalenas.errors import ScalenasError
-from scalenas.train.config import TrainConfig, load_job
+from scalenas.train.config import DEFAULT_JOB, TrainConfig, load_job
 
 # TrainConfig keys that are flags of train (defaults, choices and help come from TrainConfig).
 FLAGS = ("data", "data_seed", "holdout_frac", "test_frac", "store_size", "augment", "flip", "source", "workers", "memory_limit_mb", "max_bad_frac", "rescan_data", "epochs", "steps", "batch_size", "optimizer", "lr", "schedule", "momentum",
@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
         description="Train ONE standalone model with the supernet's data and recipe (SGD + Nesterov, warm-up + "
         "cosine, label smoothing, no decay on BN/biases), then report its holdout and test top-1 (result.json). "
         "The data split follows the job's seed (data_seed), not --seed, so repeated seeds share one split. "
-        "Flags override the job file (default jobs/digits.yaml).")
+        "Flags override the job file (default jobs/animals.yaml).")
     p.add_argument("--arch", default=None, help="architecture JSON (file or inline; searched or extrapolated member),"
                    " a model file written by scalenas (export, grow, save_model), or a model kind with a default"
                    " configuration (vit: the default ViT)")
@@ -40,7 +40,7 @@ def add_parser(sub) -> None:
                    "SEARCH_DIR/standalone.csv (scalenas report shows them)")
     p.add_argument("--grow", action="store_true",
                    help="--family: s0 from scratch, each next member grown from the trained previous one")
-    p.add_argument("--job", default=None, help="job YAML with the recipe (default: digits)")
+    p.add_argument("--job", default=None, help="job YAML with the recipe (default: animals)")
     add_option_flags(p, TrainConfig, FLAGS, help_overrides={
         "data_seed": "seed of the train/holdout/test split (default: the job's data_seed, else its seed)"})
     p.add_argument("--out", default=None, help="run directory (default: results/runs/<time>-train-<name>)")
@@ -57,7 +57,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from scalenas.train.standalone import train_standalone
 
-    job = args.job if args.job is not None else "digits"
+    job = args.job if args.job is not None else DEFAULT_JOB
     data_seed = args.data_seed
     if data_seed is None:  # the split follows the job, so --seed 1, 2, 3 train on the same split
         job_cfg = load_job(job)

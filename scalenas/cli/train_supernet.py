@@ -1,4 +1,4 @@
-"""``scalenas train-supernet``: train the super-supernet on the embedded digits or your data."""
+"""``scalenas train-supernet``: train the super-supernet on the embedded animals (or digits) or your data."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +6,7 @@ from pathlib import Path
 
 from scalenas.cli.common import add_option_flags, given
 from scalenas.errors import ScalenasError
-from scalenas.train.config import TrainConfig, load_job
+from scalenas.train.config import DEFAULT_JOB, TrainConfig, load_job
 
 # TrainConfig keys that are flags of train-supernet (defaults, choices and help come from TrainConfig).
 FLAGS = ("space", "data", "data_seed", "holdout_frac", "test_frac", "store_size", "augment", "flip", "source", "workers", "memory_limit_mb", "max_bad_frac", "rescan_data", "epochs", "steps", "batch_size", "optimizer", "lr",
@@ -18,10 +18,11 @@ FLAGS = ("space", "data", "data_seed", "holdout_frac", "test_frac", "store_size"
 def add_parser(sub) -> None:
     p = sub.add_parser("train-supernet", help="train the weight-sharing super-supernet (hierarchical sampling)",
                        description="Train a super-supernet. With no arguments: the default job "
-                       "(jobs/digits.yaml: digits-tiny space on scikit-learn's handwritten digits, CPU friendly). "
+                       "(jobs/animals.yaml: animals-tiny space on the embedded 28x28 animal silhouettes, CPU friendly; "
+                       "--job digits is quicker and easier). "
                        "Flags override the job file; the resolved config is written to the run directory.")
-    p.add_argument("--job", default=None, help="job YAML (path, or a name in jobs/: digits, cifar10, imagenet); "
-                   "default: jobs/digits.yaml")
+    p.add_argument("--job", default=None, help="job YAML (path, or a name in jobs/: animals, digits, cifar10, "
+                   "imagenet); default: jobs/animals.yaml")
     add_option_flags(p, TrainConfig, FLAGS)
     p.add_argument("--out", default=None, help="run directory (default: a new folder under results/runs/)")
     p.add_argument("--resume", action="store_true",
@@ -41,7 +42,7 @@ def finished_note(summary: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     from scalenas.train.supernet import train_supernet
 
-    job = args.job if args.job is not None else "digits"
+    job = args.job if args.job is not None else DEFAULT_JOB
     cfg = load_job(job, given(args, FLAGS))
     out = Path(args.out) if args.out else None
     if args.resume and out is not None and not out.is_dir():

@@ -19,6 +19,7 @@ from scalenas.resources import JOBS, shipped_dir
 from scalenas.train.optim import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, OPTIMIZERS, SCHEDULES
 
 JOBS_DIR = shipped_dir(JOBS)  # the shipped job files (package data)
+DEFAULT_JOB = "animals"  # what train-supernet, train and demo run without --job (jobs/animals.yaml)
 
 
 @dataclass

@@ -173,6 +173,7 @@ class DataSplits:
         atomic_write_json(path, self.info)
         if self.file_list is not None:
             atomic_write_json(Path(path).parent / FILE_LIST, self.file_list)
+            self.file_list = None  # written once; 1.28 M names as Python objects would stay in every worker
 
 
 # ----------------------------------------------------------------------------------------------------------

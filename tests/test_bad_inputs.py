@@ -480,7 +480,7 @@ def paths(tmp_path_factory) -> dict[str, Path | str]:
     torch.set_num_threads(1)
     try:
         run, search, extrap, model, sa = (root / n for n in ("run", "search", "extrap", "model", "sa"))
-        assert main(["train-supernet", "--steps", "3", "--batch-size", "16", "--panel-random", "0", "--threads",
+        assert main(["train-supernet", "--job", "digits", "--steps", "3", "--batch-size", "16", "--panel-random", "0", "--threads",
                      "1", "--device", "cpu", "--bn-calib-batches", "1", "--out", str(run), "--no-progress"]) == 0
         target = reachable_target(load_space("digits-tiny"))
         assert main(["search", "--run", str(run), "--target-flops", str(target), *POP, "--out", str(search)]) == 0
@@ -488,8 +488,8 @@ def paths(tmp_path_factory) -> dict[str, Path | str]:
         assert main(["extrapolate", "--run", str(extrap), "--steps", "1"]) == 0
         assert (extrap / "member_s4.json").is_file()
         assert main(["export", "--arch", A, "--out", str(model / "m.pt")]) == 0
-        assert main(["train", "--arch", A, "--steps", "2", "--batch-size", "16", "--threads", "1", "--device", "cpu",
-                     "--out", str(sa), "--no-progress"]) == 0
+        assert main(["train", "--job", "digits", "--arch", A, "--steps", "2", "--batch-size", "16", "--threads", "1",
+                     "--device", "cpu", "--out", str(sa), "--no-progress"]) == 0
         _make_bad(root / "bad", model)
         _make_checkpoints(root / "ck", run, sa)
         _make_searches(root / "fam", search)

@@ -10,7 +10,6 @@ member sha256, the conversion, and the sha256 of the npz, which :func:`load_anim
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from importlib import resources
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from scalenas.errors import ScalenasError
+from scalenas.io import file_sha256
 
 PACKAGE = "animal-mnist 0.4 (MIT)"
 SIDE = 28
@@ -31,13 +31,6 @@ def animals_file() -> Path:
 def _provenance_file(path: Path) -> Path:
     return path.with_name("animals_provenance.json")
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_animals(path: str | Path | None = None) -> tuple[np.ndarray, np.ndarray, list[str], dict]:
@@ -60,7 +53,7 @@ def load_animals(path: str | Path | None = None) -> tuple[np.ndarray, np.ndarray
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise fail(f"cannot read its provenance {prov_path.name} ({type(exc).__name__}; reinstall scalenas)") from None
     try:
-        digest = _sha256(path)
+        digest = file_sha256(path)
     except OSError as exc:
         raise fail(f"unreadable ({exc.strerror or exc})") from None
     if digest != expected:

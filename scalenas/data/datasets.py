@@ -49,7 +49,7 @@ from scalenas.data.sources import (
     open_npz_member,
 )
 from scalenas.errors import ScalenasError
-from scalenas.io import atomic_write_json
+from scalenas.io import atomic_write_json, file_sha256
 
 DATA_INFO_FORMAT = "scalenas-data/1"
 # Above this many samples the split record keeps only the sha256 of each index list, not the list itself.
@@ -394,11 +394,7 @@ def _load_npz(path: Path) -> _Raw:
 
 
 def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -927,7 +923,7 @@ class BatchIterator:
 
     def _batches_from(self, epoch: int, position: int) -> Iterator[list[int]]:
         """This rank's index batches from ``(epoch, position)`` on, endlessly (what the workers decode ahead)."""
-        while True:
+        while True:  # endless by design (the loop takes what it needs); every epoch yields >= 1 batch
             idx = self._rank_indices(epoch)
             for p in range(position, self._steps):
                 yield idx[p * self.batch_size:(p + 1) * self.batch_size].tolist()

@@ -390,11 +390,7 @@ def _load_npz(path: Path) -> _Raw:
         raise ScalenasError(f"data file {path}: labels out of range [0, {len(classes)}) "
                             f"(found {int(y.min())}..{int(y.max())})")
     return _Raw(x=xt, y=y.astype(np.int64), classes=classes,
-                source={"kind": "npz", "path": str(path), "sha256": _file_sha256(path)})
-
-
-def _file_sha256(path: Path) -> str:
-    return file_sha256(path)
+                source={"kind": "npz", "path": str(path), "sha256": file_sha256(path)})
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -834,14 +830,12 @@ def resize_batch(x: torch.Tensor, resolution: int) -> torch.Tensor:
     return _resize(x, resolution)
 
 
-def _derived_seed(*parts: int) -> int:
-    # SeedSequence mixes the parts properly: (seed, epoch) pairs never collide the way seed * K + epoch can.
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0]) >> 1
-
-
 def derived_seed(*parts: int) -> int:
-    """A well-mixed 63-bit seed from integers (e.g. run seed, step, rank)."""
-    return _derived_seed(*parts)
+    """A well-mixed 63-bit seed from integers (e.g. run seed, step, rank).
+
+    SeedSequence mixes the parts properly: (seed, epoch) pairs never collide the way seed * K + epoch can.
+    """
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0]) >> 1
 
 
 class BatchIterator:
@@ -907,7 +901,7 @@ class BatchIterator:
             return self._cache[1]
         n = len(self.split)
         if self.shuffle:
-            g = torch.Generator().manual_seed(_derived_seed(self.seed, epoch))
+            g = torch.Generator().manual_seed(derived_seed(self.seed, epoch))
             perm = torch.randperm(n, generator=g)
         else:
             perm = torch.arange(n)

@@ -84,3 +84,20 @@ def test_supernet_quality_tiny(tmp_path, torch_threads):
     # a bad recipe file is one line and exit code 2
     recipes.write_text("bad: {holdout_frac: 0.3}\n")
     assert mod.main(common + ["--recipes", str(recipes)]) == 2
+
+    # --standalone-csv: a fresh cache folder reuses the standalone numbers of the subnet table written above
+    # (nothing standalone is trained again) and gives the same statistics for the same supernet recipe.
+    table = tmp_path / "earlier_subnets.csv"
+    table.write_bytes(Path(f"{prefix}_subnets.csv").read_bytes())
+    fresh, prefix2 = tmp_path / "fresh", tmp_path / "bench2" / "sq"
+    again_args = TINY + ["--out", str(fresh), "--out-csv", str(prefix2), "--recipe", "base",
+                         "--standalone-csv", str(table)]
+    assert mod.main(again_args) == 0
+    reused = pd.read_csv(f"{prefix2}.csv")
+    assert reused.loc[0, "standalone_cached"] == 8
+    assert not (fresh / "standalone").exists()
+    assert reused.loc[0, "kendall_tau"] == rows.loc[0, "kendall_tau"]
+    assert str(table) in Path(f"{prefix2}.md").read_text()
+    # a missing or wrong table is one line and exit code 2
+    assert mod.main(TINY + ["--out", str(fresh), "--standalone-csv", str(tmp_path / "nope.csv")]) == 2
+    assert mod.main(TINY + ["--out", str(fresh), "--standalone-csv", str(recipes)]) == 2

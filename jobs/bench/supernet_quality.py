@@ -267,8 +267,13 @@ def standalone_results(args, subnets, out: Path) -> tuple[dict[str, dict], int, 
 
     cfg = standalone_config(args)
     rec = {k: v for k, v in cfg.to_dict().items() if k not in EVAL_ONLY_KEYS}
+    earlier = earlier_standalone(args.standalone_csv)
     results, trained, cached = {}, 0, 0
     for i, (name, stage, sub) in enumerate(subnets):
+        if sub.to_json() in earlier:
+            results[name] = earlier[sub.to_json()]
+            cached += 1
+            continue
         # The arch names the space as given (a shipped name or a YAML path), so train_standalone can load it.
         arch = json.dumps({**sub.to_dict(), "space": args.space})
         key = {"arch": sub.to_dict(), "space": space_key(args.space), "config": rec}
@@ -288,6 +293,28 @@ def standalone_results(args, subnets, out: Path) -> tuple[dict[str, dict], int, 
         log(f"{tag}: {'resumed and ' if resume else ''}trained {cfg.steps} steps in {time.perf_counter() - t0:.1f} s, "
             f"holdout {results[name]['holdout_top1']:.4f}")
     return results, trained, cached
+
+
+def earlier_standalone(path: str | None) -> dict[str, dict]:
+    """arch JSON -> {holdout_top1, test_top1} from a ``PREFIX_subnets.csv`` an earlier run of this script wrote
+    (``--standalone-csv``: the standalone numbers do not depend on the supernet recipe, so a new ablation can
+    reuse them instead of retraining every subnet; the caller keeps ``--standalone-steps`` and the seeds the same).
+    """
+    if not path:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise ScalenasError(f"--standalone-csv {path}: no such file")
+    try:
+        frame = pd.read_csv(p)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ScalenasError(f"--standalone-csv {path}: not a CSV ({exc})") from None
+    need = {"arch", "standalone_top1", "standalone_test_top1"}
+    if not need <= set(frame.columns):
+        raise ScalenasError(f"--standalone-csv {path}: needs the columns {', '.join(sorted(need))} "
+                            "(a PREFIX_subnets.csv of this script)")
+    return {r.arch: {"holdout_top1": float(r.standalone_top1), "test_top1": float(r.standalone_test_top1)}
+            for r in frame.drop_duplicates("arch").itertuples()}
 
 
 def space_key(space_arg: str) -> str:
@@ -441,6 +468,10 @@ def markdown(rows: list[dict], stages: int, argv: list[str], notes: list[str], a
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Notes:", ""]
     lines += [f"- {n}" for n in notes]
+    if args.standalone_csv:
+        lines.append(f"- The standalone top-1 of the subnets came from `{args.standalone_csv}` (measured by an "
+                     f"earlier run of this script with the same {args.standalone_steps} standalone steps, seeds and "
+                     "split; the standalone models do not depend on the supernet recipe).")
     shared = [r["recipe"] for r in rows if r["supernet_cached"] and r["recipe"] != "base"]
     if shared:
         lines.append(f"- Reused a checkpoint trained earlier (same training config, or an earlier invocation): "
@@ -474,6 +505,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    f"min({DEFAULT_WARMUP}, steps/5)")
     p.add_argument("--subnets", type=int, default=20, help="subnets (rounded up to a multiple of the stage count)")
     p.add_argument("--standalone-steps", type=int, default=300)
+    p.add_argument("--standalone-csv", default=None, metavar="PREFIX_subnets.csv",
+                   help="reuse the standalone top-1 of an earlier run's subnet table (same --standalone-steps, "
+                   "seeds and data); subnets not in it are trained")
     p.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
     p.add_argument("--calib-batch-size", type=int, default=128, help="BN calibration batch size (the search's)")
     p.add_argument("--seed", type=int, default=0, help="training seed and the subnet set's seed")

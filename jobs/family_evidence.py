@@ -49,6 +49,7 @@ import json
 import math
 import os
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -290,6 +291,8 @@ def train_one(task: dict[str, Any]) -> dict[str, Any]:
     if summary.get("already_finished"):
         return json.loads((out / RESULT_NAME).read_text())
     if not summary["finished"]:
+        if task.get("in_worker"):
+            os._exit(130)  # checkpoint saved; a pool worker would otherwise take the next task
         raise KeyboardInterrupt
     return summary["result"]
 
@@ -312,11 +315,32 @@ def run_tasks(tasks: list[dict[str, Any]], jobs: int) -> list[dict[str, Any]]:
         from concurrent.futures import ProcessPoolExecutor, as_completed
         from multiprocessing import get_context
 
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(train_one, t): i for i, t in enumerate(tasks)}
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"))
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # kill PID: stop the workers too
+        try:
+            futures = {pool.submit(train_one, {**t, "in_worker": True}): i for i, t in enumerate(tasks)}
             for f in as_completed(futures):
                 done(futures[f], f.result())
+        except BaseException:
+            # A worker outlives its parent unless told: SIGTERM makes each save its checkpoint and exit (a rerun
+            # resumes there); one that does not exit within 30 s is killed.
+            procs = list((getattr(pool, "_processes", None) or {}).values())
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.join(30)
+                if proc.is_alive():
+                    proc.kill()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        pool.shutdown()
     return results  # type: ignore[return-value]
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 # ------------------------------------------------------------------------------------------ summary

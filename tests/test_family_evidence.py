@@ -135,3 +135,44 @@ def test_bench_search_tiny(supernet, tmp_path):
     text = md.read_text()
     assert "python jobs/bench/bench_search.py --supernet" in text and "1/2.53" in text
     assert "markov >= random in" in text and "markov >= compound in" in text
+
+
+def test_sigterm_stops_the_worker_pool(pipeline, tmp_path):
+    """``kill PID`` of the script (not only Ctrl-C, which reaches the whole process group) stops its training
+    workers: each saves its checkpoint and exits, the script exits 130, no process is left behind."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "cache"
+    shutil.copytree(pipeline["out"] / "search-markov", out / "search-markov")
+    cmd = [sys.executable, str(ROOT / "jobs" / "family_evidence.py"), "--search", str(out / "search-markov"),
+           "--out", str(out), "--steps", "100000", "--batch-size", "16", "--seeds", "0", "--jobs", "2",
+           "--csv", str(tmp_path / "f.csv"), "--md", str(tmp_path / "f.md")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    train = out / "train"
+    deadline = time.monotonic() + 240
+    # wait until two trainings have written their first checkpoint (both workers are mid-training)
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list(train.glob("*/train_checkpoint.pt"))) >= 2 or len(list(train.glob("*/train_log.csv"))) >= 2:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.stdout.read()
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert children, "no worker processes"
+    proc.send_signal(signal.SIGTERM)
+    text, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, text
+    assert "interrupted (rerun the same command to resume)" in text
+    def alive() -> list[str]:
+        return [c for c in children if subprocess.run(["kill", "-0", c], capture_output=True).returncode == 0]
+
+    end = time.monotonic() + 20  # the resource tracker leaves a moment after the workers
+    while alive() and time.monotonic() < end:
+        time.sleep(0.5)
+    left = {c: Path(f"/proc/{c}/cmdline").read_bytes().replace(b"\0", b" ")[:120] for c in alive()
+            if Path(f"/proc/{c}/cmdline").exists()}
+    assert not left, f"processes left behind: {left}"
+    assert not (tmp_path / "f.csv").exists()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import zlib
 
 import pytest
 import torch
@@ -32,7 +33,8 @@ def _pairs(space, n, seed):
 @pytest.mark.parametrize("name", shipped_spaces())
 def test_growth_preserves_the_function(name):
     space = load_space(name)
-    for k, (a, b) in enumerate(_pairs(space, 3, seed=hash(name) % 1000)):
+    # zlib.crc32, not hash(): str hashes change per process (PYTHONHASHSEED), which made the pairs random
+    for k, (a, b) in enumerate(_pairs(space, 3, seed=zlib.crc32(name.encode()) % 1000)):
         small = StandaloneNet.from_subnet(space, a)
         randomize_bn(small, k)
         small.eval()
@@ -40,8 +42,11 @@ def test_growth_preserves_the_function(name):
         assert grown.subnet == b and not grown.training
         res = min(a.resolution, 48)  # fully convolutional up to the pool: any resolution checks the function
         x = torch.randn(2, space.in_channels, res, res, generator=torch.Generator().manual_seed(k))
+        # Compared in float64: the identity is exact in real arithmetic; in float32 the split weights sum in
+        # another order and deep members drift by a few 1e-5 (seen: 3.9e-5 on logits of 0.2).
+        small, grown = small.double(), grown.double()
         with torch.no_grad():
-            ref, out = small(x), grown(x)
+            ref, out = small(x.double()), grown(x.double())
         assert ref.abs().max() > 1e-3  # a non-trivial function
         assert (out - ref).abs().max().item() <= 1e-5, (a.short(), b.short())
 

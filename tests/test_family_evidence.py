@@ -154,7 +154,7 @@ def test_sigterm_stops_the_worker_pool(pipeline, tmp_path):
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     train = out / "train"
     deadline = time.monotonic() + 240
-    # wait until two trainings have written their first checkpoint (both workers are mid-training)
+    # wait until two trainings have started (both workers are mid-training)
     while time.monotonic() < deadline and proc.poll() is None:
         if len(list(train.glob("*/train_checkpoint.pt"))) >= 2 or len(list(train.glob("*/train_log.csv"))) >= 2:
             break
@@ -166,6 +166,7 @@ def test_sigterm_stops_the_worker_pool(pipeline, tmp_path):
     text, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, text
     assert "interrupted (rerun the same command to resume)" in text
+
     def alive() -> list[str]:
         return [c for c in children if subprocess.run(["kill", "-0", c], capture_output=True).returncode == 0]
 

@@ -261,16 +261,15 @@ def standalone_config(args) -> TrainConfig:
     return load_job(args.job, over)
 
 
-def standalone_results(args, subnets, out: Path) -> tuple[dict[str, dict], int, int]:
+def standalone_results(args, subnets, out: Path, earlier: dict[str, dict]) -> tuple[dict[str, dict], int, int]:
     """name -> result.json of every subnet (trained here or cached); (results, trained, cached)."""
     from scalenas.train.standalone import RESULT_NAME, TRAIN_CKPT_NAME, train_standalone
 
     cfg = standalone_config(args)
     rec = {k: v for k, v in cfg.to_dict().items() if k not in EVAL_ONLY_KEYS}
-    earlier = earlier_standalone(args.standalone_csv)
     results, trained, cached = {}, 0, 0
     for i, (name, stage, sub) in enumerate(subnets):
-        if sub.to_json() in earlier:
+        if sub.to_json() in earlier:  # from --standalone-csv
             results[name] = earlier[sub.to_json()]
             cached += 1
             continue
@@ -556,9 +555,10 @@ def run(args, argv: list[str]) -> int:
     meta = {name: (stage, *subnet_flops_params(space, sub)) for name, stage, sub in subnets}
     prefix = Path(args.out_csv)
     rows, sub_frames = [], []
+    earlier = earlier_standalone(args.standalone_csv)  # read once: --out-csv may rewrite that very file below
     for name, over in recipes:
         check_recipe(name, over, "recipe")
-        st, trained, cached = standalone_results(args, subnets, out)
+        st, trained, cached = standalone_results(args, subnets, out, earlier)
         log(f"[standalone] {trained} trained, {cached} cached")
         cfg = recipe_config(args, over, out)
         run_dir, info, sn_cached = supernet_run(cfg, name, out)

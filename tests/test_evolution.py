@@ -305,6 +305,42 @@ def test_markov_learns_from_its_elites():
         assert st.model.log_prob(e.chain) > np.log(1 / np.prod([np.prod(st.model.sizes(s)) for s in (1, 2, 3)]))
 
 
+def test_markov_gibbs_step_redraws_one_in_band_state_from_the_conditional():
+    st = make_strategy("markov", SPACE, TARGETS, SMALL)
+    drive(st, generations=1)
+    parent = st.elites[0]
+    base, chain = parent.base, parent.chain
+    # Make the chain's conditional of stage 2 favour one in-band state (other than the current one) strongly.
+    feasible = [x for x in st.objective.feasible_states(base, 2) if x != chain[1]]
+    assert feasible
+    target = feasible[-1]
+    st.model.update([[chain[0], target, chain[2]]] * 50, lr=1.0, smoothing=0.01)
+    hits = changed_stage2 = 0
+    for _ in range(300):
+        new = st._resample_state(base, chain)
+        diff = [s for s in range(3) if tuple(new[s]) != tuple(chain[s])]
+        assert len(diff) == 1  # exactly one stage redrawn ...
+        s = diff[0] + 1
+        assert st.objective.stage_table(base, s)[tuple(new[s - 1])] == 0  # ... to an in-band state
+        if s == 2:
+            changed_stage2 += 1
+            hits += tuple(new[1]) == target
+    assert changed_stage2 > 50 and hits / changed_stage2 > 0.8  # the conditional is followed
+
+
+def test_markov_assembles_each_stage_best_evaluated_state_for_free():
+    st = make_strategy("markov", SPACE, TARGETS, {**SMALL, "generations": 4})
+    drive(st)
+    for e in st.elites:
+        c = st._assembled(e.base)
+        assert c is not None and st.feasible(c)
+        assert st.fitness(c) >= st.fitness(e)  # per-stage best of what was evaluated: never worse
+        assert all(st.score(c.base, s, c.states[s]) is not None for s in c.stages)  # nothing new to evaluate
+        for s in range(1, 4):
+            evaluated = [st.score(e.base, s, x) for x in st.objective.feasible_states(e.base, s)]
+            assert st.score(c.base, s, c.states[s]) == max(v for v in evaluated if v is not None)
+
+
 def test_pareto_mask_matches_brute_force():
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"stage": rng.integers(0, 3, 200), "flops": rng.integers(0, 15, 200),

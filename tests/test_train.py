@@ -190,6 +190,19 @@ def test_sandwich_draws_largest_smallest_random_of_one_stage():
     assert stages == set(range(len(space.scaling)))
 
 
+def test_sandwich_largest_random_gives_the_largest_multipliers_a_random_base():
+    space = load_space("digits-tiny")
+    sampler = PathSampler(space, TrainConfig(sandwich=True, sandwich_largest="random"), 4)
+    bases = set()
+    for _ in range(100):
+        stage, (large, small, _), _ = sampler.draw()
+        sc = space.scaling[stage]
+        assert (large.depth, large.width, large.resolution) == (max(sc.depth), max(sc.width), max(sc.resolution))
+        assert (small.depth, small.width, small.resolution) == (min(sc.depth), min(sc.width), min(sc.resolution))
+        bases.add(large.base)
+    assert len(bases) > 50  # a fresh base nearly every step, not the max-ops one
+
+
 # ------------------------------------------------------------------------------------------- resume, seeds
 def test_resume_equals_uninterrupted(runs):
     root = runs["root"]

@@ -11,7 +11,7 @@ from scalenas.search.strategies import strategy_names
 from scalenas.search.strategy import SearchOptions
 
 # SearchOptions / EvaluationSettings keys that are flags (defaults, ranges and help come from the dataclasses).
-SEARCH_FLAGS = ("population", "generations", "elites", "matrix_lr", "smoothing", "chain_sample_prob",
+SEARCH_FLAGS = ("population", "generations", "elites", "matrix_lr", "smoothing", "keep_base_prob", "chain_sample_prob",
                 "depth_mutation", "op_mutation", "tolerance", "budget", "seed", "max_tries",
                 "alternate_base_generations", "metric", "tie_tolerance")
 EVAL_FLAGS = ("workers", "threads_per_worker", "ray_address", "calib_batches", "device")

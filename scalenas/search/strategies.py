@@ -42,19 +42,59 @@ class MarkovStrategy(Strategy):
 
     def _child(self) -> Candidate:
         parents = [e.base for e in self.elites]
+        parent = self.rng.choice(self.elites)
+        if self.rng.random() < self.options.keep_base_prob:
+            # The parent's base with one state redrawn: one new evaluation (the other members are cached).
+            return Candidate(parent.base, ((0, 0, 0), *self._resample_state(parent.base, parent.chain)))
         if self.rng.random() < self.options.chain_sample_prob:
             return self.random_family(self._sample_chain, parents)
-        parent = self.rng.choice(self.elites)
         base = self.mutate_base(parents)
-        chain = parent.chain
+        return Candidate(base, ((0, 0, 0), *self._resample_state(base, parent.chain)))
+
+    def _resample_state(self, base: Base, chain: list[State]) -> list[State]:
+        """``chain`` with one stage's state redrawn from the chain's full conditional (a Gibbs step):
+        p(x_s | x_{s-1}, x_{s+1}) proportional to T_s(x_{s-1} -> x_s) * T_{s+1}(x_s -> x_{s+1}), over the stage's
+        in-band states for ``base`` other than the current one (uniform over all others when none is in band)."""
         s = self.rng.randrange(1, self.n + 1)
-        chain[s - 1] = self.random_state(base, s, exclude=chain[s - 1])
+        current = tuple(chain[s - 1])
+        p = self.model.stage_distribution(s, chain[s - 2] if s > 1 else None)
+        if s < self.n:
+            nxt = chain[s]
+            p = p * np.einsum("i,j,k->ijk", *[self.model.transition(s + 1, d)[:, nxt[d]] for d in range(3)])
+        allowed = self.objective.stage_table(base, s) == 0
+        allowed[current] = False
+        if not allowed.any():
+            chain = list(chain)
+            chain[s - 1] = self.random_state(base, s, exclude=current)  # type: ignore[arg-type]
+            return chain
+        flat = np.where(allowed, p, 0.0).ravel()
+        idx = self.rng.choices(range(flat.size), weights=flat.tolist())[0]
+        chain = list(chain)
+        chain[s - 1] = tuple(int(v) for v in np.unravel_index(idx, p.shape))  # type: ignore[call-overload]
+        return chain
+
+    def _assembled(self, base: Base) -> Candidate | None:
+        """The best family of ``base`` from what is already evaluated: per stage, its best-scoring in-band state
+        (stages are separable given the base). Costs no evaluation; None unless every stage has one."""
+        chain: list[State] = []
+        for s in range(1, self.n + 1):
+            table = self.objective.stage_table(base, s)
+            scored = [(v, x) for x in self.objective.all_states(s) if table[x] == 0
+                      for v in [self.score(base, s, x)] if v is not None and math.isfinite(v)]
+            if not scored:
+                return None
+            chain.append(max(scored, key=lambda t: t[0])[1])
         return Candidate(base, ((0, 0, 0), *chain))
 
     def _propose(self) -> list[Candidate]:
         if not self.elites:
             return self.propose_unique(self.options.population, lambda: self.random_family(self._sample_chain))
-        return self.propose_unique(self.options.population, self._child)
+        batch: list[Candidate] = []
+        for e in self.elites:  # stage-wise recombination of the elites' evaluated states: free
+            c = self._assembled(e.base)
+            if c is not None and len(batch) < self.options.population:
+                self.add_if_new(c, batch)
+        return self.propose_unique(self.options.population - len(batch), self._child, batch)
 
     def _after_generation(self, evaluated: list[Candidate]) -> None:
         self.elites = self.rank(self.elites + evaluated)[:self.options.elites]

@@ -68,6 +68,9 @@ class SearchOptions:
                               min=0.0, min_open=True)
     chain_sample_prob: float = option(0.5, "child's chain sampled from the Markov chain (else one parent state "
                                       "mutated)", min=0.0, max=1.0)
+    keep_base_prob: float = option(0.5, "markov: a child keeps its parent's base and Gibbs-resamples one stage's "
+                                   "state from the chain (one new evaluation); else the base is bred", min=0.0,
+                                   max=1.0)
     depth_mutation: float = option(0.2, "per searchable stage: probability of depth +-1", min=0.0, max=1.0)
     op_mutation: float = option(0.1, "per layer: probability of resampling its op", min=0.0, max=1.0)
     tolerance: float = option(0.1, "relative FLOPs tolerance around each stage's target", min=0.0, max=1.0,

@@ -68,6 +68,9 @@ class TrainConfig:
     sandwich: bool = option(False, "BigNAS sandwich rule: largest + smallest + random path of the drawn stage")
     inplace_distill: bool = option(False, "smaller paths learn the largest path's soft predictions (needs "
                                    "sandwich)")
+    sandwich_largest: str = option("max-ops", "base network of the sandwich's largest path: max-ops (the largest "
+                                   "kernel everywhere, BigNAS) or random (a fresh random base each step)",
+                                   choices=("max-ops", "random"))
     # hardware
     device: str = option("auto", "training device", choices=("auto", "cpu", "cuda"))
     amp: str = option("bf16", "mixed precision on CUDA", choices=("bf16", "fp16", "off"))

@@ -58,8 +58,12 @@ class PathSampler:
         if not self.cfg.sandwich:
             return stage, [sub], side
         small, large = extreme_subnets(self.space, stage)
-        # The extremes of the stage keep their multipliers but get a random base, so every op is trained.
-        large = Subnet(self.space.name, _largest_base(self.space), large.depth, large.width, large.resolution)
+        # The extremes of the stage keep their multipliers. The smallest gets a random base, so every op is
+        # trained; the largest gets the largest kernel everywhere (max-ops, BigNAS) or a random base too: ops do
+        # not share weights here, so the max-ops path is one path among many that the sandwich would favour.
+        large_base = (_largest_base(self.space) if self.cfg.sandwich_largest == "max-ops"
+                      else sample_base(self.space, self.rng))
+        large = Subnet(self.space.name, large_base, large.depth, large.width, large.resolution)
         small = Subnet(self.space.name, sample_base(self.space, self.rng), small.depth, small.width,
                        small.resolution)
         return stage, [large, small, sub], side

@@ -114,7 +114,8 @@ class CachedEvaluator:
 def run_one(name: str, seed: int, space, targets: list[int], args, evaluator: CachedEvaluator) -> dict[str, Any]:
     """One search to the end of its budget; returns its summary and per-generation curve."""
     options = SearchOptions(population=args.population, generations=args.generations, elites=args.elites,
-                            tolerance=args.flops_tolerance, seed=seed, budget=args.budget)
+                            tolerance=args.flops_tolerance, seed=seed, budget=args.budget,
+                            keep_base_prob=args.keep_base_prob)
     strategy = make_strategy(name, space, targets, options)
     calls0, ev_s0, t0 = evaluator.calls, evaluator.seconds, time.perf_counter()
     curve: list[dict[str, Any]] = []
@@ -209,7 +210,7 @@ def markdown(frame: pd.DataFrame, args, targets: list[int], ckpt: Path, data: st
         f"Supernet `{ckpt}` ({evaluator.ev.space.name}, data {data}); targets "
         + ", ".join(f"s{s} {format_flops(t)}" for s, t in enumerate(targets))
         + f" (±{args.flops_tolerance:.0%}); budget {args.budget} unique subnet evaluations per run; "
-        f"population {args.population}, elites {args.elites}; seeds {', '.join(map(str, seeds))}; "
+        f"population {args.population}, elites {args.elites}, markov keep_base_prob {args.keep_base_prob}; seeds {', '.join(map(str, seeds))}; "
         f"fitness = mean supernet holdout top-1 over stages 1..S after BN recalibration "
         f"(calibration batches: {args.calib_batches}), one shared in-process evaluator with a fitness cache.",
         "",
@@ -292,6 +293,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--strategies", default=",".join(ORDER), help="comma list (default: every registered strategy, alternate first)")
     ap.add_argument("--population", type=int, default=8, help="candidates per generation (default 8)")
     ap.add_argument("--elites", type=int, default=4)
+    ap.add_argument("--keep-base-prob", type=float, default=SearchOptions().keep_base_prob,
+                    help="markov: share of children that keep an elite's base (0: the earlier breeding)")
     ap.add_argument("--generations", type=int, default=200, help="upper bound; the budget ends the runs")
     ap.add_argument("--calib-batches", type=int, default=4, help="BN recalibration batches (search default 4)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")

@@ -99,15 +99,18 @@ class MarkovChainModel:
         chain: list[State] = []
         prev: State | None = None
         for s in range(1, self.num_stages + 1):
-            p = self.stage_distribution(s, prev)
-            mask = None if allowed is None else allowed[s - 1]
-            if mask is not None and mask.any():
-                p = np.where(mask, p, 0.0)
-            flat = p.ravel()
-            idx = rng.choices(range(flat.size), weights=flat.tolist())[0]
-            prev = tuple(int(v) for v in np.unravel_index(idx, p.shape))  # type: ignore[assignment]
-            chain.append(prev)  # type: ignore[arg-type]
+            prev = draw_state(self.stage_distribution(s, prev), rng, None if allowed is None else allowed[s - 1])
+            chain.append(prev)
         return chain
+
+    def conditional_weights(self, stage: int, prev: State | None, nxt: State | None) -> np.ndarray:
+        """Weights proportional to the full conditional of stage ``stage``'s state given its neighbours (a Gibbs
+        step): p(x_s | x_{s-1}, x_{s+1}) ~ T_s(x_{s-1} -> x_s) * T_{s+1}(x_s -> x_{s+1}), shape (|D|, |W|, |R|).
+        ``prev`` is None for stage 1 (then pi), ``nxt`` None for the last stage."""
+        p = self.stage_distribution(stage, prev)
+        if nxt is not None:
+            p = p * np.einsum("i,j,k->ijk", *[self.transition(stage + 1, d)[:, nxt[d]] for d in range(3)])
+        return p
 
     def log_prob(self, chain: Chain) -> float:
         """log P(x_1..x_S) under the current model."""
@@ -183,6 +186,16 @@ class MarkovChainModel:
                 name: {"rows": list(self.options[s - 2][d]), "cols": list(self.options[s - 1][d]),
                        "probs": self.transition(s, d).tolist()} for d, name in enumerate(DIMENSIONS)}})
         return out
+
+
+def draw_state(weights: np.ndarray, rng: random.Random, mask: np.ndarray | None = None) -> State:
+    """One state drawn with ``rng`` in proportion to ``weights`` (shape (|D|, |W|, |R|)), restricted to the states
+    ``mask`` marks True when it marks any (else unrestricted)."""
+    if mask is not None and mask.any():
+        weights = np.where(mask, weights, 0.0)
+    flat = weights.ravel()
+    idx = rng.choices(range(flat.size), weights=flat.tolist())[0]
+    return tuple(int(v) for v in np.unravel_index(idx, weights.shape))  # type: ignore[return-value]
 
 
 def _check_smoothing(smoothing: float) -> float:

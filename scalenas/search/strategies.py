@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from scalenas.errors import ScalenasError
-from scalenas.search.markov import MarkovChainModel, State
+from scalenas.search.markov import MarkovChainModel, State, draw_state
 from scalenas.search.strategy import Candidate, SearchOptions, Strategy
 from scalenas.spaces.arch import Base, base_to_json, sample_base
 from scalenas.spaces.flops import subnet_flops_params
@@ -52,34 +52,28 @@ class MarkovStrategy(Strategy):
         return Candidate(base, ((0, 0, 0), *self._resample_state(base, parent.chain)))
 
     def _resample_state(self, base: Base, chain: list[State]) -> list[State]:
-        """``chain`` with one stage's state redrawn from the chain's full conditional (a Gibbs step):
-        p(x_s | x_{s-1}, x_{s+1}) proportional to T_s(x_{s-1} -> x_s) * T_{s+1}(x_s -> x_{s+1}), over the stage's
-        in-band states for ``base`` other than the current one (uniform over all others when none is in band)."""
+        """``chain`` with one random stage's state redrawn by a Gibbs step of the chain
+        (:meth:`MarkovChainModel.conditional_weights`) over the stage's in-band states for ``base`` other than the
+        current one (uniform over the others when none is in band)."""
         s = self.rng.randrange(1, self.n + 1)
         current = tuple(chain[s - 1])
-        p = self.model.stage_distribution(s, chain[s - 2] if s > 1 else None)
-        if s < self.n:
-            nxt = chain[s]
-            p = p * np.einsum("i,j,k->ijk", *[self.model.transition(s + 1, d)[:, nxt[d]] for d in range(3)])
         allowed = self.objective.stage_table(base, s) == 0
         allowed[current] = False
-        if not allowed.any():
-            chain = list(chain)
-            chain[s - 1] = self.random_state(base, s, exclude=current)  # type: ignore[arg-type]
-            return chain
-        flat = np.where(allowed, p, 0.0).ravel()
-        idx = self.rng.choices(range(flat.size), weights=flat.tolist())[0]
-        chain = list(chain)
-        chain[s - 1] = tuple(int(v) for v in np.unravel_index(idx, p.shape))  # type: ignore[call-overload]
-        return chain
+        out = list(chain)
+        if allowed.any():
+            weights = self.model.conditional_weights(s, chain[s - 2] if s > 1 else None,
+                                                     chain[s] if s < self.n else None)
+            out[s - 1] = draw_state(weights, self.rng, allowed)
+        else:
+            out[s - 1] = self.random_state(base, s, exclude=current)  # type: ignore[arg-type]
+        return out
 
     def _assembled(self, base: Base) -> Candidate | None:
         """The best family of ``base`` from what is already evaluated: per stage, its best-scoring in-band state
         (stages are separable given the base). Costs no evaluation; None unless every stage has one."""
         chain: list[State] = []
         for s in range(1, self.n + 1):
-            table = self.objective.stage_table(base, s)
-            scored = [(v, x) for x in self.objective.all_states(s) if table[x] == 0
+            scored = [(v, x) for x in self.objective.feasible_states(base, s)
                       for v in [self.score(base, s, x)] if v is not None and math.isfinite(v)]
             if not scored:
                 return None
@@ -91,8 +85,10 @@ class MarkovStrategy(Strategy):
             return self.propose_unique(self.options.population, lambda: self.random_family(self._sample_chain))
         batch: list[Candidate] = []
         for e in self.elites:  # stage-wise recombination of the elites' evaluated states: free
+            if len(batch) == self.options.population:
+                break
             c = self._assembled(e.base)
-            if c is not None and len(batch) < self.options.population:
+            if c is not None:
                 self.add_if_new(c, batch)
         return self.propose_unique(self.options.population - len(batch), self._child, batch)
 

@@ -1,6 +1,7 @@
 """Extrapolation beyond the last scaling stage under the real rounding rules."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -78,3 +79,23 @@ def test_bad_inputs(kwargs, needle):
             "steps": 1, **kwargs}
     with pytest.raises(ScalenasError, match=needle):
         extrapolate(**args)
+
+
+def test_max_resolution_caps_extrapolation_and_growth_moves_to_depth_and_width():
+    space = load_space("animals-tiny")
+    assert space.max_resolution == 28  # the images' native size
+    base = (("ir_k5",), ("ir_k7", "ir_k7"), ("ir_k7", "ir_k7"), ("ir_k7",))
+    chain = [(1.04, 1.12, 16), (1.36, 1.36, 20), (1.4, 1.4, 28)]  # resolution dominates the step direction
+    assert step_direction(space, chain)[2] > 0.8
+    members = extrapolate(space, base, chain, steps=3, tolerance=0.1)
+    d, w = 1.4, 1.4
+    for m in members:
+        sub = parse_subnet(json.loads(m["arch"]), space, allow_outside=True)
+        assert sub.resolution == 28 and m["within_tolerance"]
+        assert sub.depth > d and sub.width > w  # the growth goes to depth and width, in the chain's ratio
+        d, w = sub.depth, sub.width
+    # without the cap the same chain upsamples past the native size
+    uncapped = dataclasses.replace(space, max_resolution=None)
+    assert json.loads(extrapolate(uncapped, base, chain, steps=1)[0]["arch"])["resolution"] > 28
+    with pytest.raises(ScalenasError, match="max_resolution"):  # a resolution-only chain at the cap
+        extrapolate(space, base, [(1.0, 1.0, 20), (1.0, 1.0, 28)], steps=1)

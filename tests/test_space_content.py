@@ -177,3 +177,16 @@ def test_search_extrapolate_report_export_after_the_yaml_is_deleted(tmp_path, ca
     assert main(["extrapolate", "--run", str(moved / "search"), "--steps", "1"]) == 0
     assert main(["report", str(moved / "search")]) == 0
     assert "error" not in capsys.readouterr().err
+
+
+def test_max_resolution_is_checked_and_left_out_of_the_key_while_unset(tmp_path):
+    data = yaml.safe_load((Path(load_space("animals-tiny").path)).read_text())
+    assert data["max_resolution"] == 28
+    unset = {k: v for k, v in data.items() if k != "max_resolution"}
+    a = space_from_dict(unset)
+    assert a.max_resolution is None and "max_resolution" not in a.content()
+    assert space_from_dict({**unset, "max_resolution": 56}).content_key != a.content_key
+    with pytest.raises(ScalenasError, match=r"max_resolution.*largest listed resolution \(28\)"):
+        space_from_dict({**unset, "max_resolution": 24})
+    with pytest.raises(ScalenasError, match="max_resolution"):
+        space_from_dict({**unset, "max_resolution": 0})

@@ -7,6 +7,10 @@ step length t that multiplies FLOPs by ``growth``, measured under the real round
 (:meth:`SearchSpace.scale_depth`), channels by the space's one rule (:meth:`SearchSpace.scale_channels`,
 applied by ``derive_subnet``), resolution to a multiple of ``resolution_step``.
 
+A space that declares ``max_resolution`` (the data's native size) caps the resolution there: once a member
+reaches it, the next ones grow along the depth and width components of u only (their ratio kept), since
+upsampling adds FLOPs and no information.
+
 Rounding makes FLOPs a step function of t: brentq finds where it crosses the target, then the neighbouring
 rounded candidates (nearby t, resolution one step either way) are scored and the one closest to the target in
 log FLOPs is kept; each member says whether it landed within the tolerance. Members lie outside the supernet's
@@ -76,6 +80,7 @@ def extrapolate(space: SearchSpace | str, base: Base | Sequence[Sequence[str]],
     u = step_direction(space, chain, weights)
     step, r0 = space.resolution_step, space.base_resolution
     limits = arch_limits(space)
+    r_cap = space.max_resolution
 
     def buildable(sub: Subnet) -> bool:
         """Within the architecture bounds (:data:`~scalenas.spaces.arch.ARCH_LIMIT` x the space's largest options),
@@ -97,9 +102,18 @@ def extrapolate(space: SearchSpace | str, base: Base | Sequence[Sequence[str]],
         origin = np.array([math.log(prev.depth), math.log(prev.width), math.log(prev.resolution / r0)])
         r_min = step * math.ceil(prev.resolution / step)  # never below the previous member, on the step grid
 
-        def at(t: float, r_shift: int = 0, origin: np.ndarray = origin, r_min: int = r_min) -> Subnet:
+        if r_cap is not None and r_min >= r_cap and not (u[0] > 0 or u[1] > 0):
+            raise ScalenasError(f"extrapolation step {m}: the chain grows resolution only and the space caps it at "
+                                f"{r_cap} px (max_resolution): no direction left to grow along")
+
+        r_max = None if r_cap is None else max(r_cap, prev.resolution)  # never below the previous member either
+
+        def at(t: float, r_shift: int = 0, origin: np.ndarray = origin, r_min: int = r_min,
+               r_max: int | None = r_max) -> Subnet:
             ld, lw, lr = origin + t * u
             res = max(r_min, step * round(r0 * math.exp(lr) / step) + r_shift * step)
+            if r_max is not None:
+                res = min(res, r_max)
             return Subnet(space.name, base, round(math.exp(ld), DECIMALS), round(math.exp(lw), DECIMALS), int(res))
 
         def log_gap(t: float, at=at, target: float = target) -> float:

@@ -85,6 +85,7 @@ class SearchSpace:
     growth: float
     scaling: tuple[ScalingStage, ...]
     stage_weights: tuple[float, ...]  # hierarchical sampling: P(scaling stage s)
+    max_resolution: int | None = None  # the data's native size: extrapolation never upsamples beyond it
     raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
     # ---------------------------------------------------------------- identity: the content
@@ -100,8 +101,9 @@ class SearchSpace:
 
     def content(self) -> dict[str, Any]:
         """The validated fields that define the space (what :attr:`content_key` hashes)."""
+        # max_resolution is left out while unset, so spaces that do not declare it keep their key
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)
-                if f.name not in ("path", "raw")}
+                if f.name not in ("path", "raw") and not (f.name == "max_resolution" and self.max_resolution is None)}
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SearchSpace):
@@ -333,7 +335,7 @@ def space_from_dict(data: Any, path: str = "<dict>") -> SearchSpace:
         raise ScalenasError(f"{path}: expected a YAML mapping at the top level")
     known = {"name", "in_channels", "num_classes", "base_resolution", "stem", "ops", "stages", "head",
              "se_reduction", "coupling", "width_rounding", "resolution_step", "growth", "scaling",
-             "stage_weights", "description"}
+             "stage_weights", "max_resolution", "description"}
     for k in data:
         if k not in known:
             raise c.fail(str(k), f"unknown key (known: {', '.join(sorted(known))})")
@@ -422,10 +424,16 @@ def space_from_dict(data: Any, path: str = "<dict>") -> SearchSpace:
     growth = c.get(data, "growth", "", float, 2.0)
     if growth <= 1.0:
         raise c.fail("growth", f"must be > 1, got {growth}")
+    max_res = None
+    if data.get("max_resolution") is not None:
+        max_res = c.positive_int(data, "max_resolution", "")
+        largest = max(r for sc in scaling for r in sc.resolution)
+        if max_res < largest:
+            raise c.fail("max_resolution", f"must be >= the largest listed resolution ({largest}), got {max_res}")
     return SearchSpace(
         name=name, path=path, in_channels=in_channels, num_classes=num_classes, base_resolution=base_res,
         stem_channels=stem_ch, stem_kernel=stem_k, stem_stride=stem_s, stages=tuple(stages), ops=ops,
         head_channels=head_ch, dropout=dropout, se_reduction=c.positive_int(data, "se_reduction", "", 4),
         coupling=coupling, width_rounding=rounding, width_multiple=multiple,
         resolution_step=c.positive_int(data, "resolution_step", "", 8), growth=growth,
-        scaling=tuple(scaling), stage_weights=weights, raw=data)
+        scaling=tuple(scaling), stage_weights=weights, max_resolution=max_res, raw=data)

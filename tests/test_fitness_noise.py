@@ -169,7 +169,7 @@ def _feasible_pair(st):
 
 
 def test_fitness_within_the_tolerance_ties_and_the_cheaper_wins():
-    st = make_strategy("markov", SPACE, TARGETS, {**SMALL, "tie_tolerance": 0.01})
+    st = make_strategy("markov", SPACE, TARGETS, {**SMALL, "tie_tolerance": 0.01, "tie_break": "cheaper"})
     cheap, mid, dear = _feasible_pair(st)
     fitness = {dear: 0.800, cheap: 0.795, mid: 0.700}
     st.fitness = fitness.__getitem__
@@ -177,7 +177,7 @@ def test_fitness_within_the_tolerance_ties_and_the_cheaper_wins():
     assert st.rank([dear, mid, cheap]) == [cheap, dear, mid]  # 0.005 apart: a tie, the cheaper first
     fitness[cheap] = 0.789  # 0.011 below the best: no longer a tie
     assert st.rank([dear, mid, cheap]) == [dear, cheap, mid]
-    exact = make_strategy("markov", SPACE, TARGETS, {**SMALL, "tie_tolerance": 0.0})
+    exact = make_strategy("markov", SPACE, TARGETS, {**SMALL, "tie_tolerance": 0.0, "tie_break": "cheaper"})
     exact.fitness = {dear: 0.800, cheap: 0.7999, mid: 0.700}.__getitem__
     assert exact.rank([mid, cheap, dear]) == [dear, cheap, mid]  # 0: the exact order
     # a tie group is led by its best member: the third within 0.01 of the second but not of the first
@@ -275,3 +275,19 @@ def test_loss_search_in_process_reports_the_noise(trained_run, tmp_path, capfd):
     assert got["loss"] == pytest.approx(best["family"][1]["loss"]) and got["loss_se"] > 0
     noise = ev.calibration_noise(arch, draws=3)
     assert len(noise["loss"]) == 3 and noise["loss_sd"] >= 0
+
+
+def test_by_default_a_tie_goes_to_the_family_nearest_its_flops_targets():
+    st = make_strategy("markov", SPACE, TARGETS, {**SMALL, "tie_tolerance": 0.01})
+    assert st.options.tie_break == "target"
+    cands = [c for c in st.population if st.feasible(c)]
+    dist = {c: sum(abs(math.log(subnet_flops_params(st.space, sub)[0] / st.targets[s])) for s, sub in st.subnets(c))
+            for c in cands}
+    near, far = min(cands, key=dist.get), max(cands, key=dist.get)
+    assert dist[near] < dist[far] and st.cost(near) == pytest.approx(dist[near])
+    st.fitness = {far: 0.800, near: 0.795}.__getitem__
+    assert st.rank([far, near]) == [near, far]  # a tie: the one on target first
+    st.fitness = {far: 0.800, near: 0.780}.__getitem__
+    assert st.rank([near, far]) == [far, near]  # not a tie
+    with pytest.raises(ScalenasError, match="tie_break"):
+        make_strategy("markov", SPACE, TARGETS, {**SMALL, "tie_break": "largest"})

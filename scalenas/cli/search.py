@@ -13,7 +13,7 @@ from scalenas.search.strategy import SearchOptions
 # SearchOptions / EvaluationSettings keys that are flags (defaults, ranges and help come from the dataclasses).
 SEARCH_FLAGS = ("population", "generations", "elites", "matrix_lr", "smoothing", "keep_base_prob", "chain_sample_prob",
                 "depth_mutation", "op_mutation", "tolerance", "budget", "seed", "max_tries",
-                "alternate_base_generations", "metric", "tie_tolerance")
+                "alternate_base_generations", "metric", "tie_tolerance", "tie_break")
 EVAL_FLAGS = ("workers", "threads_per_worker", "ray_address", "calib_batches", "device")
 
 
@@ -24,7 +24,8 @@ def add_parser(sub) -> None:
         "transition matrices of the chain are re-estimated from the elites every generation. Fitness is the "
         "supernet's holdout top-1 (--metric top1) or minus its holdout log-loss (--metric loss) after BN "
         "recalibration, evaluated by Ray workers that keep the supernet loaded; fitness differences below the "
-        "measured noise (--tie-tolerance) are ties, won by the cheaper family. FLOPs are fvcore MACs at batch 1.")
+        "measured noise (--tie-tolerance) are ties, won by the family nearest its FLOPs targets (--tie-break). "
+        "FLOPs are fvcore MACs at batch 1.")
     p.add_argument("--target-flops", required=True,
                    help="top of the family (e.g. 2G: stage s gets 2G*growth^(s-S)) or a comma list T0,...,TS; "
                         "units K, M, G, T")

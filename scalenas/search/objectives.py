@@ -12,7 +12,8 @@ family (or a part of it) is, without knowing how a strategy represents or breeds
   the fitness whatever the correlation between members (they are scored on the same holdout images);
 - selection is feasibility-first (:meth:`FamilyObjective.selection_key`): feasible beats infeasible, feasible
   ones compare by fitness, infeasible ones by their total violation. Among feasible ones a strategy may treat
-  fitness differences below the noise as ties and prefer the cheaper family (:meth:`FamilyObjective.cost`).
+  fitness differences below the noise as ties and prefer the family nearest its FLOPs targets, or the cheaper one
+  (:meth:`FamilyObjective.cost`).
 """
 from __future__ import annotations
 
@@ -121,10 +122,16 @@ class FamilyObjective:
         NaN when a stage's SE is unknown. Stages of weight 0 do not count (as in the fitness)."""
         return self.fitness(errors)
 
-    def cost(self, members: Iterable[tuple[int, Subnet]]) -> float:
-        """The tie-break cost of (stage, subnet) members: their FLOPs relative to their stage targets, summed
-        (each stage counts alike, whatever its size; lower is cheaper)."""
-        return sum(subnet_flops_params(self.space, sub)[0] / self.targets[s] for s, sub in members)
+    def cost(self, members: Iterable[tuple[int, Subnet]], tie_break: str = "target") -> float:
+        """The tie-break cost of (stage, subnet) members, lower first (each stage counts alike, whatever its size):
+        ``target``: the summed distance |log(FLOPs / target)| of the members from their stage targets (the
+        family that lands on the FLOPs asked for); ``cheaper``: their FLOPs relative to the targets, summed."""
+        ratios = [subnet_flops_params(self.space, sub)[0] / self.targets[s] for s, sub in members]
+        if tie_break == "cheaper":
+            return sum(ratios)
+        if tie_break != "target":
+            raise ValueError(f"unknown tie break {tie_break!r}")
+        return sum(abs(math.log(r)) for r in ratios)
 
     @staticmethod
     def selection_key(violation: float, fitness: float) -> tuple[int, float, float]:

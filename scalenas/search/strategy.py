@@ -17,7 +17,8 @@ Design choices that keep searches comparable and reproducible:
   subnet is ever evaluated twice in a run. No family (tuple of built keys) is proposed twice either.
 - Selection is feasibility-first (:meth:`FamilyObjective.selection_key`) over the stages a candidate covers.
   Feasible candidates whose fitness differs by less than the tie width (``tie_tolerance``, by default the
-  measured noise of the evaluations) are ties, won by the cheaper candidate (:meth:`Strategy.rank`).
+  measured noise of the evaluations) are ties, won by the candidate whose members lie nearest their FLOPs targets (``tie_break="target"``;
+  ``"cheaper"``: the cheaper candidate) (:meth:`Strategy.rank`).
 - Samplers that retry to satisfy the FLOPs bands and the no-duplicate rule make at most ``max_tries`` tries,
   then keep the least-violating new candidate, count a give-up (``gave_up`` in the search log) and warn.
 - One ``random.Random(seed)`` drives everything; its state is part of :meth:`Strategy.state_dict`, so a search
@@ -50,6 +51,7 @@ from scalenas.spaces.targets import check_targets, check_tolerance
 logger = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
+TIE_BREAKS = ("target", "cheaper")  # within a tie group: members nearest their FLOPs targets, or the cheapest
 METRICS = ("top1", "loss")  # the per-member score: holdout top-1, or holdout log-loss (score = -loss)
 MEASURES = ("top1", "loss", "top1_se", "loss_se")  # what an evaluation may report per subnet
 
@@ -87,6 +89,9 @@ class SearchOptions:
     tie_tolerance: float | None = option(None, "feasible candidates whose fitness differs by less than this tie; "
                                          "the cheaper one wins (None: the measured noise, the median bootstrap SE "
                                          "of the evaluated subnets; 0: exact order)", min=0.0)
+    tie_break: str = option("target", "which candidate of a tie comes first: 'target', the family whose members lie "
+                            "nearest their FLOPs targets (summed |log FLOPs/target|), or 'cheaper', the lowest "
+                            "FLOPs relative to the targets", choices=TIE_BREAKS)
 
     def resolved(self, n_stages: int) -> "SearchOptions":
         """A validated copy with the stage weights filled in for stages 0..``n_stages``."""
@@ -291,8 +296,8 @@ class Strategy:
         return self.objective.fitness_noise({s: self.noise(c.base, s, c.states[s]) for s in c.stages})  # type: ignore
 
     def cost(self, c: Candidate) -> float:
-        """The tie-break cost: the members' FLOPs relative to their targets, summed (:meth:`FamilyObjective.cost`)."""
-        return self.objective.cost(self.subnets(c))
+        """The tie-break cost (lower first) of ``tie_break``: :meth:`FamilyObjective.cost`."""
+        return self.objective.cost(self.subnets(c), self.options.tie_break)
 
     def feasible(self, c: Candidate) -> bool:
         return self.violation(c) == 0.0
@@ -313,7 +318,7 @@ class Strategy:
         Feasibility-first (:meth:`FamilyObjective.selection_key`; stable: exact ties keep their order). Then,
         with a positive :meth:`tie_width` w, the feasible candidates are taken in tie groups: the best one left
         and every one whose fitness is within w of it (strictly less than w below it); a group is ordered by
-        :meth:`cost` (the cheaper first), then by fitness, then by the order given. Deterministic.
+        :meth:`cost` (``tie_break``: nearest the FLOPs targets, or the cheaper, first), then by fitness, then by the order given. Deterministic.
         """
         unique: dict[tuple[tuple[int, str], ...], Candidate] = {}
         for c in candidates:

@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         f"| log-loss | {df['loss_se'].median():.4f} | {df['calib_loss_sd'].median():.4f} | {spread_loss:.4f} | "
         f"{df['loss_se'].median() / spread_loss:.2f} | {tau_loss.statistic:.3f} ({tau_loss.pvalue:.2g}) |",
         "",
-        "The search treats fitness differences below the measured noise as ties (the cheaper family wins).",
+        "The search treats fitness differences below the measured noise as ties (won by the family nearest its "
+        "FLOPs targets; --tie-break cheaper: the cheaper one).",
     ]
     atomic_write_text(Path(args.out + ".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))

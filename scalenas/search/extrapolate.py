@@ -34,6 +34,9 @@ DECIMALS = 4  # multipliers of extrapolated members are written with 4 decimals 
 MAX_STEPS = 20  # members per extrapolation: 20 doublings are a million times the last member's FLOPs
 MAX_GROWTH = 100.0  # FLOPs ratio between two members
 _WINDOW = np.linspace(0.8, 1.2, 81)  # neighbouring step lengths searched around brentq's root, relative
+# With the resolution capped (max_resolution), the one-step resolution shift no longer fine-tunes FLOPs between
+# two layer counts: width nudges of up to +-10 % take its place.
+_WIDTH_NUDGE = np.exp(np.linspace(-0.1, 0.1, 11))
 
 
 def step_direction(space: SearchSpace, chain: Sequence[tuple[float, float, int]],
@@ -108,13 +111,14 @@ def extrapolate(space: SearchSpace | str, base: Base | Sequence[Sequence[str]],
 
         r_max = None if r_cap is None else max(r_cap, prev.resolution)  # never below the previous member either
 
-        def at(t: float, r_shift: int = 0, origin: np.ndarray = origin, r_min: int = r_min,
-               r_max: int | None = r_max) -> Subnet:
+        def at(t: float, r_shift: int = 0, w_nudge: float = 1.0, origin: np.ndarray = origin, r_min: int = r_min,
+               r_max: int | None = r_max, w_min: float = prev.width) -> Subnet:
             ld, lw, lr = origin + t * u
             res = max(r_min, step * round(r0 * math.exp(lr) / step) + r_shift * step)
             if r_max is not None:
                 res = min(res, r_max)
-            return Subnet(space.name, base, round(math.exp(ld), DECIMALS), round(math.exp(lw), DECIMALS), int(res))
+            width = max(w_min, round(math.exp(lw) * w_nudge, DECIMALS))
+            return Subnet(space.name, base, round(math.exp(ld), DECIMALS), width, int(res))
 
         def log_gap(t: float, at=at, target: float = target) -> float:
             return log_gap_of(space, at(t), target)
@@ -130,24 +134,27 @@ def extrapolate(space: SearchSpace | str, base: Base | Sequence[Sequence[str]],
             raise ScalenasError(f"extrapolation step {m}: no step length reaches {target:.3g} FLOPs")
         t_star = brentq(log_gap, 0.0, t_hi, xtol=1e-9) if log_gap(0.0) < 0 else 0.0
 
-        # FLOPs are a step function of t: score the rounded neighbours, keep the one closest in log.
-        best: tuple[float, float, Subnet, float] | None = None
+        # FLOPs are a step function of t: score the rounded neighbours, keep the one closest in log (gaps equal
+        # to 0.1 % tie, won by the smaller width nudge, then the step length nearest brentq's root).
+        best: tuple[float, float, float, Subnet, float] | None = None
         seen: set[str] = set()
+        nudges = (1.0,) if r_max is None else tuple(float(x) for x in _WIDTH_NUDGE)
         for t in sorted({t_star, *(t_star * _WINDOW).tolist()}):
             for shift in (0, -1, 1):
-                cand = at(t, shift)
-                if not buildable(cand):
-                    continue
-                key = derive_subnet(space, cand).key()
-                if key in seen or cand == prev:
-                    continue
-                seen.add(key)
-                score = (abs(log_gap_of(space, cand, target)), abs(t - t_star))
-                if best is None or score < best[:2]:
-                    best = (*score, cand, t)
+                for nudge in nudges:
+                    cand = at(t, shift, nudge)
+                    if not buildable(cand):
+                        continue
+                    key = derive_subnet(space, cand).key()
+                    if key in seen or cand == prev:
+                        continue
+                    seen.add(key)
+                    score = (round(abs(log_gap_of(space, cand, target)), 3), abs(math.log(nudge)), abs(t - t_star))
+                    if best is None or score < best[:3]:
+                        best = (*score, cand, t)
         if best is None:
             raise too_large(m)
-        _, _, member, t_used = best
+        member, t_used = best[3], best[4]
         flops, params = subnet_flops_params(space, member)
         within = abs(flops / target - 1.0) <= tolerance
         members.append({

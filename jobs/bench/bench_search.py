@@ -210,7 +210,8 @@ def markdown(frame: pd.DataFrame, args, targets: list[int], ckpt: Path, data: st
         f"Supernet `{ckpt}` ({evaluator.ev.space.name}, data {data}); targets "
         + ", ".join(f"s{s} {format_flops(t)}" for s, t in enumerate(targets))
         + f" (±{args.flops_tolerance:.0%}); budget {args.budget} unique subnet evaluations per run; "
-        f"population {args.population}, elites {args.elites}, markov keep_base_prob {args.keep_base_prob}; seeds {', '.join(map(str, seeds))}; "
+        f"population {args.population}, elites {args.elites}, markov keep_base_prob {args.keep_base_prob}; "
+        f"seeds {', '.join(map(str, seeds))}; "
         f"fitness = mean supernet holdout top-1 over stages 1..S after BN recalibration "
         f"(calibration batches: {args.calib_batches}), one shared in-process evaluator with a fitness cache.",
         "",

@@ -34,8 +34,8 @@ DECIMALS = 4  # multipliers of extrapolated members are written with 4 decimals 
 MAX_STEPS = 20  # members per extrapolation: 20 doublings are a million times the last member's FLOPs
 MAX_GROWTH = 100.0  # FLOPs ratio between two members
 _WINDOW = np.linspace(0.8, 1.2, 81)  # neighbouring step lengths searched around brentq's root, relative
-# With the resolution capped (max_resolution), the one-step resolution shift no longer fine-tunes FLOPs between
-# two layer counts: width nudges of up to +-10 % take its place.
+# In a space with max_resolution, the one-step resolution shift cannot fine-tune FLOPs between two layer counts
+# once the cap is reached: width nudges of up to +-10 % take its place (tried for every member of such a space).
 _WIDTH_NUDGE = np.exp(np.linspace(-0.1, 0.1, 11))
 
 

@@ -127,11 +127,7 @@ class FamilyObjective:
         ``target``: the summed distance |log(FLOPs / target)| of the members from their stage targets (the
         family that lands on the FLOPs asked for); ``cheaper``: their FLOPs relative to the targets, summed."""
         ratios = [subnet_flops_params(self.space, sub)[0] / self.targets[s] for s, sub in members]
-        if tie_break == "cheaper":
-            return sum(ratios)
-        if tie_break != "target":
-            raise ValueError(f"unknown tie break {tie_break!r}")
-        return sum(abs(math.log(r)) for r in ratios)
+        return sum(ratios) if tie_break == "cheaper" else sum(abs(math.log(r)) for r in ratios)
 
     @staticmethod
     def selection_key(violation: float, fitness: float) -> tuple[int, float, float]:

@@ -17,8 +17,8 @@ Design choices that keep searches comparable and reproducible:
   subnet is ever evaluated twice in a run. No family (tuple of built keys) is proposed twice either.
 - Selection is feasibility-first (:meth:`FamilyObjective.selection_key`) over the stages a candidate covers.
   Feasible candidates whose fitness differs by less than the tie width (``tie_tolerance``, by default the
-  measured noise of the evaluations) are ties, won by the candidate whose members lie nearest their FLOPs targets (``tie_break="target"``;
-  ``"cheaper"``: the cheaper candidate) (:meth:`Strategy.rank`).
+  measured noise of the evaluations) are ties, won by the candidate whose members lie nearest their FLOPs
+  targets (``tie_break="target"``; ``"cheaper"``: the cheaper candidate) (:meth:`Strategy.rank`).
 - Samplers that retry to satisfy the FLOPs bands and the no-duplicate rule make at most ``max_tries`` tries,
   then keep the least-violating new candidate, count a give-up (``gave_up`` in the search log) and warn.
 - One ``random.Random(seed)`` drives everything; its state is part of :meth:`Strategy.state_dict`, so a search
@@ -87,7 +87,7 @@ class SearchOptions:
     metric: str = option("top1", "per-member score: holdout top-1, or holdout log-loss (fitness = minus the "
                          "weighted mean loss, so higher is better); a search keeps its metric", choices=METRICS)
     tie_tolerance: float | None = option(None, "feasible candidates whose fitness differs by less than this tie; "
-                                         "the cheaper one wins (None: the measured noise, the median bootstrap SE "
+                                         "tie_break orders them (None: the measured noise, the median bootstrap SE "
                                          "of the evaluated subnets; 0: exact order)", min=0.0)
     tie_break: str = option("target", "which candidate of a tie comes first: 'target', the family whose members lie "
                             "nearest their FLOPs targets (summed |log FLOPs/target|), or 'cheaper', the lowest "
@@ -318,7 +318,8 @@ class Strategy:
         Feasibility-first (:meth:`FamilyObjective.selection_key`; stable: exact ties keep their order). Then,
         with a positive :meth:`tie_width` w, the feasible candidates are taken in tie groups: the best one left
         and every one whose fitness is within w of it (strictly less than w below it); a group is ordered by
-        :meth:`cost` (``tie_break``: nearest the FLOPs targets, or the cheaper, first), then by fitness, then by the order given. Deterministic.
+        :meth:`cost` (``tie_break``: nearest the FLOPs targets, or the cheaper, first), then by fitness, then by
+        the order given. Deterministic.
         """
         unique: dict[tuple[tuple[int, str], ...], Candidate] = {}
         for c in candidates:

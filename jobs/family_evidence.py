@@ -9,7 +9,9 @@ Two ways in:
   targets and options (``search_config.json``) into ``OUT/search-compound`` and ``OUT/search-random``;
 * ``--supernet RUN``: the whole pipeline: ``markov``, ``compound`` and ``random`` searches with the same FLOPs
   targets (``--target-flops``) and options into ``OUT/search-<strategy>``, then ``scalenas extrapolate``
-  (``--extrapolate-steps``, default 2) of the markov search.
+  (``--extrapolate-steps``, default 2) of the markov search. ``--stage-weights`` (e.g. ``1,1,1,1``: stage 0 counts
+  in the fitness too) applies to all three searches, which then go to ``OUT/search-<strategy>-w1-1-1-1``; a
+  search folder that holds other options or targets than asked is refused (one line), never silently reused.
 
 The families (stages 0..S searched, S+1.. extrapolated):
 
@@ -75,6 +77,7 @@ SEARCH_FLAGS = ("population", "generations", "elites", "seed")
 def parse_args(argv: list[str] | None):
     from scalenas.cli.common import number
     from scalenas.cli.main import OneLineParser
+    from scalenas.cli.search import stage_weights_arg
 
     p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0],
                       formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -108,6 +111,9 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--elites", type=number("--elites", int, min=1), default=4)
     p.add_argument("--seed", type=int, default=0, help="search seed (default 0)")
     p.add_argument("--calib-batches", type=number("--calib-batches", int, min=1), default=4)
+    p.add_argument("--stage-weights", default=None, type=stage_weights_arg,
+                   help="--supernet: fitness weights of stages 0..S for every search, comma separated (default: "
+                        "scalenas search's, 0,1,...,1); the searches go to OUT/search-<strategy>-w<weights>")
     p.add_argument("--extrapolate-steps", type=number("--extrapolate-steps", int, min=1, max=20), default=2,
                    help="--supernet: extrapolated members of the markov family (default 2)")
     p.add_argument("--workers", type=number("--workers", int, min=0), default=None,
@@ -121,6 +127,14 @@ def parse_args(argv: list[str] | None):
 
 
 # ------------------------------------------------------------------------------------------ searches
+def search_folder(strategy: str, weights: list[float] | None, n_stages: int) -> str:
+    """``search-<strategy>`` under the default stage weights (0, 1, ..., 1), ``search-<strategy>-w1-1-1-1`` under
+    others."""
+    if weights is None or [float(w) for w in weights] == [0.0] + [1.0] * n_stages:
+        return f"search-{strategy}"
+    return f"search-{strategy}-w" + "-".join(f"{w:g}" for w in weights)
+
+
 def _done(folder: Path) -> bool:
     try:
         return bool(json.loads((folder / "state.json").read_text()).get("done"))
@@ -143,9 +157,15 @@ def run_search(strategy: str, ckpt: Path, out: Path, targets: list[int], options
     from scalenas.search.strategy import SearchOptions
 
     if (out / "search_config.json").is_file():
-        used = Path(_config(out).get("supernet", ""))
-        if used.resolve() != ckpt.resolve() or _config(out).get("strategy") != strategy:
+        cfg = _config(out)
+        used = Path(cfg.get("supernet", ""))
+        if used.resolve() != ckpt.resolve() or cfg.get("strategy") != strategy:
             raise ScalenasError(f"{out} holds a search of another supernet or strategy ({used}); give another --out")
+        wanted = SearchOptions.from_dict(options).resolved(len(targets) - 1).to_dict()
+        differ = sorted(k for k, v in wanted.items() if (cfg.get("options") or {}).get(k, v) != v)
+        if differ or [int(t) for t in cfg.get("targets", targets)] != [int(t) for t in targets]:
+            raise ScalenasError(f"{out} holds a {strategy} search with other "
+                                f"{', '.join(differ) or 'targets'}; give another --out")
     resume = (out / "state.json").is_file()
     if resume and _done(out):
         print(f"{strategy} search: reusing the finished one in {out}", flush=True)
@@ -464,8 +484,10 @@ def evidence(args, argv: list[str]) -> int:
         targets = stage_targets(space, args.target_flops)
         options = {"population": args.population, "generations": args.generations, "elites": args.elites,
                    "seed": args.seed, "tolerance": args.flops_tolerance}
+        if args.stage_weights is not None:
+            options["stage_weights"] = args.stage_weights
         calib = args.calib_batches
-        markov = out / "search-markov"
+        markov = out / search_folder("markov", args.stage_weights, len(targets) - 1)
     payload = read_checkpoint(ckpt)
     sn_cfg = payload.get("config") or {}
     del payload
@@ -489,7 +511,9 @@ def evidence(args, argv: list[str]) -> int:
             print(f"markov: extrapolated {len(doc['members'])} member(s) (growth {doc['growth']:g})", flush=True)
         check_markov(markov, args.space)
     for strat in BASELINES:
-        folders[strat] = run_search(strat, ckpt, out / f"search-{strat}", targets, options, calib, args.workers)
+        folder = out / search_folder(strat, options.get("stage_weights"), len(targets) - 1)
+        folders[strat] = run_search(strat, ckpt, folder, targets,
+                                    options, calib, args.workers)
 
     best = {s: read_search(f)["best"] for s, f in folders.items()}
     space = search_space(markov, best["markov"])

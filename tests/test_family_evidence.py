@@ -117,6 +117,20 @@ def test_search_without_extrapolated_members_exits_2(pipeline, family_job, capsy
     assert not out.exists()  # nothing written
 
 
+def test_a_search_with_other_options_is_refused_not_reused(pipeline, family_job, capsys):
+    # the pipeline's searches ran under the default stage weights: asking for others (or another population)
+    # with the same --out must not pick up the old family; the weights name their own folders
+    assert family_job.search_folder("markov", [0.0, 1.0, 1.0, 1.0], 3) == "search-markov"
+    assert family_job.search_folder("markov", [1.0, 1.0, 1.0, 1.0], 3) == "search-markov-w1-1-1-1"
+    argv = pipeline["argv"]
+    other = argv[:argv.index("--population") + 1] + ["3"] + argv[argv.index("--population") + 2:]
+    assert family_job.main(other) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "search-markov holds a markov search with other population" in err
+    assert family_job.main(argv + ["--stage-weights", "1,x"]) == 2
+    assert "--stage-weights '1,x'" in capsys.readouterr().err
+
+
 def test_bench_search_tiny(supernet, tmp_path):
     bench = _load(ROOT / "jobs" / "bench" / "bench_search.py", "bench_search_job")
     csv, md = tmp_path / "search.csv", tmp_path / "search.md"

@@ -40,14 +40,14 @@ def add_parser(sub) -> None:
     p.add_argument("--growth", type=number("--growth", float, min=1.0, min_open=True), default=None,
                    help="FLOPs ratio between stages, > 1 (default: the space's)")
     add_option_flags(p, SearchOptions, SEARCH_FLAGS, flag_names={"tolerance": "--flops-tolerance"})
-    p.add_argument("--stage-weights", default=None, type=_weights,
+    p.add_argument("--stage-weights", default=None, type=stage_weights_arg,
                    help="fitness weights of stages 0..S, comma separated, finite and >= 0 (default 0,1,...,1)")
     add_option_flags(p, EvaluationSettings, EVAL_FLAGS)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
-def _weights(text: str) -> list[float]:
+def stage_weights_arg(text: str) -> list[float]:
     """``--stage-weights 0,1,1,1``: finite numbers >= 0 (their count is checked against the stages later)."""
     weight = number("--stage-weights", float, min=0.0)
     try:

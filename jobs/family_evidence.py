@@ -31,8 +31,9 @@ The families (stages 0..S searched, S+1.. extrapolated):
 Every member of the three families is trained from scratch with one recipe (``scalenas train``'s library,
 :func:`scalenas.train.standalone.train_standalone`: the supernet's data split, SGD + Nesterov, warm-up + cosine,
 label smoothing; ``--steps``, ``--batch-size``) once per ``--seeds`` value. Trainings are cached under
-``OUT/train/<arch+recipe hash>-steps<N>-seed<k>``: a finished one (``result.json``) is reused, an interrupted one
-resumed, and the same architecture appearing in two families is trained once per seed.
+``OUT/train/<network+recipe hash>-steps<N>-seed<k>``: a finished one (``result.json``) is reused, an interrupted one
+resumed, and the same built network appearing in two families (or under two equivalent multipliers) is trained
+once per seed.
 
 Writes ``results/family_<data>.csv`` (strategy, stage, seed, extrapolated, flops, params, test_top1,
 holdout_top1, ...; ``--csv``) and ``results/family_<data>.md`` (``--md``): test top-1 per stage and strategy as
@@ -215,7 +216,7 @@ def check_markov(folder: Path, space_name: str | None) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ families
 def _member(stage: int, row: dict[str, Any], extrapolated: bool, space) -> dict[str, Any]:
     """One member: canonical arch JSON, FLOPs and params counted here (the same counter for every family)."""
-    from scalenas.spaces.arch import parse_subnet
+    from scalenas.spaces.arch import derive_subnet, parse_subnet
     from scalenas.spaces.flops import subnet_flops_params
 
     arch = row["arch"]
@@ -223,6 +224,7 @@ def _member(stage: int, row: dict[str, Any], extrapolated: bool, space) -> dict[
     flops, params = subnet_flops_params(space, sub)
     target = row.get("target_flops")
     return {"stage": int(stage), "extrapolated": bool(extrapolated), "arch": sub.to_json(),
+            "net": f"{space.name}|{derive_subnet(space, sub).key()}",
             "flops": int(flops), "params": int(params),
             "target_flops": None if target is None or math.isnan(float(target)) else int(target)}
 
@@ -287,8 +289,10 @@ def recipe(args, sn_cfg: dict[str, Any], data: str) -> dict[str, Any]:
             "checkpoint_every": max(50, args.steps // 4), "log_every": max(10, args.steps // 10)}
 
 
-def task_dir(cache: Path, arch: str, overrides: dict[str, Any], job: str, seed: int) -> Path:
-    key = hashlib.sha1(json.dumps([arch, job, overrides], sort_keys=True).encode()).hexdigest()[:12]
+def task_dir(cache: Path, net: str, overrides: dict[str, Any], job: str, seed: int) -> Path:
+    """The training folder of one built network (``net``: space name + :meth:`Derived.key`, so two arch JSONs
+    that build the same network share one training) under one recipe and seed."""
+    key = hashlib.sha1(json.dumps([net, job, overrides], sort_keys=True).encode()).hexdigest()[:12]
     return cache / f"{key}-steps{overrides['steps']}-seed{seed}"
 
 
@@ -541,7 +545,7 @@ def evidence(args, argv: list[str]) -> int:
     for strat in STRATEGIES:
         for m in families[strat]:
             for seed in args.seeds:
-                d = str(task_dir(cache, m["arch"], overrides, args.job, seed))
+                d = str(task_dir(cache, m["net"], overrides, args.job, seed))
                 if d not in by_dir:
                     by_dir[d] = len(tasks)
                     tasks.append({"arch": m["arch"], "seed": seed, "job": args.job, "overrides": overrides,

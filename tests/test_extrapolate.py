@@ -10,7 +10,7 @@ import pytest
 
 from scalenas.spaces.arch import parse_subnet, sample_base
 from scalenas.errors import ScalenasError
-from scalenas.search.extrapolate import extrapolate, step_direction
+from scalenas.search.extrapolate import canonical_chain, extrapolate, step_direction
 from scalenas.spaces.flops import subnet_flops_params
 from scalenas.spaces.space import load_space
 
@@ -36,7 +36,9 @@ def test_members_grow_by_growth_within_tolerance(name):
             assert (flops, params) == (m["flops"], m["params"])
             assert m["within_tolerance"] and abs(flops / (space.growth * prev_flops) - 1) <= 0.1
             assert m["flops_ratio"] == pytest.approx(flops / prev_flops)
-            assert sub.depth >= d and sub.width >= w and sub.resolution >= r  # monotone multipliers
+            # monotone multipliers, from the smallest equivalent names of the last stage's network
+            cd, cw, _ = canonical_chain(space, base, chain)[-1]
+            assert sub.depth >= cd and sub.width >= cw and sub.resolution >= r
             assert sub.resolution % space.resolution_step == 0
             assert space.stage_of(sub.depth, sub.width, sub.resolution) is None  # outside the supernet's lists
             assert m["evaluated"] is False and m["kind"] == "extrapolated" and m["top1"] is None
@@ -88,7 +90,7 @@ def test_max_resolution_caps_extrapolation_and_growth_moves_to_depth_and_width()
     chain = [(1.04, 1.12, 16), (1.36, 1.36, 20), (1.4, 1.4, 28)]  # resolution dominates the step direction
     assert step_direction(space, chain)[2] > 0.8
     members = extrapolate(space, base, chain, steps=3, tolerance=0.1)
-    d, w = 1.4, 1.4
+    d, w, _ = canonical_chain(space, base, chain)[-1]  # 1.04: stages 1..3 all build 2-3-3-2 layers for this base
     for m in members:
         sub = parse_subnet(json.loads(m["arch"]), space, allow_outside=True)
         assert sub.resolution == 28 and m["within_tolerance"]
@@ -96,9 +98,48 @@ def test_max_resolution_caps_extrapolation_and_growth_moves_to_depth_and_width()
         d, w = sub.depth, sub.width
     # the FLOPs land on target through width nudges (the resolution shift is gone); the nudge list is not used
     # without a cap, where the tests above pin the behaviour
-    assert all(abs(m["flops_ratio"] / space.growth - 1) <= 0.02 for m in members)
+    assert all(abs(m["flops_ratio"] / space.growth - 1) <= 0.03 for m in members)  # a 28 px step: ~14 %
     # without the cap the same chain upsamples past the native size
     uncapped = dataclasses.replace(space, max_resolution=None)
     assert json.loads(extrapolate(uncapped, base, chain, steps=1)[0]["arch"])["resolution"] > 28
     with pytest.raises(ScalenasError, match="max_resolution"):  # a resolution-only chain at the cap
         extrapolate(space, base, [(1.0, 1.0, 20), (1.0, 1.0, 28)], steps=1)
+
+
+def _equivalent_chain(space, base, chain, rng):
+    """The same built networks under other names: per stage, any option (d, w) that derives the same net."""
+    from scalenas.spaces.arch import Subnet, derive_subnet
+    depths = sorted({1.0, *(v for sc in space.scaling for v in sc.depth)})
+    widths = sorted({1.0, *(v for sc in space.scaling for v in sc.width)})
+    out = []
+    for d, w, r in chain:
+        own = derive_subnet(space, Subnet(space.name, base, d, w, r)).key()
+        same = [(x, y) for x in depths for y in widths
+                if derive_subnet(space, Subnet(space.name, base, x, y, r)).key() == own]
+        out.append((*rng.choice(same), r))
+    return out
+
+
+def test_extrapolation_depends_on_the_built_networks_not_their_names():
+    from scalenas.spaces.arch import Subnet, derive_subnet
+    space = load_space("animals-tiny")
+    base = (("ir_k7",), ("ir_k7", "ir_k7"), ("ir_k7", "ir_k7"), ("ir_k7",))
+    # 1.2 and 1.36 build the same stage-2 network for this base (layers ceil(2 x 1.2) = ceil(2 x 1.36) = 3)
+    a = [(1.04, 1.08, 18), (1.2, 1.28, 22), (1.52, 1.52, 26)]
+    b = [(1.04, 1.08, 18), (1.36, 1.28, 22), (1.52, 1.52, 26)]
+    assert canonical_chain(space, base, a) == canonical_chain(space, base, b)
+    assert [m["arch"] for m in extrapolate(space, base, a, steps=2)] == \
+        [m["arch"] for m in extrapolate(space, base, b, steps=2)]
+    rng = random.Random(3)
+    for _ in range(10):
+        base, chain = sample_base(space, rng), a_chain(space, rng)
+        canon = canonical_chain(space, base, chain)
+        assert canonical_chain(space, base, canon) == canon  # idempotent
+        for (d, w, r), (d2, w2, r2) in zip(chain, canon):
+            assert d2 <= d and w2 <= w and r2 == r
+            assert derive_subnet(space, Subnet(space.name, base, d2, w2, r2)).key() == \
+                derive_subnet(space, Subnet(space.name, base, d, w, r)).key()
+        other = _equivalent_chain(space, base, chain, rng)
+        assert canonical_chain(space, base, other) == canon
+        assert [m["arch"] for m in extrapolate(space, base, other, steps=2)] == \
+            [m["arch"] for m in extrapolate(space, base, chain, steps=2)]

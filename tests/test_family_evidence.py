@@ -193,3 +193,20 @@ def test_sigterm_stops_the_worker_pool(pipeline, tmp_path):
             if Path(f"/proc/{c}/cmdline").exists()}
     assert not left, f"processes left behind: {left}"
     assert not (tmp_path / "f.csv").exists()
+
+
+def test_equivalent_multipliers_share_one_training_folder(tmp_path):
+    """Two arch JSONs that build the same network (depth 1.2 and 1.36 give 3 layers from 2) train once."""
+    from scalenas.spaces.space import load_space
+
+    fe = _load(ROOT / "jobs" / "family_evidence.py", "family_evidence_cache_key")
+    space = load_space("animals-tiny")
+    base = [["ir_k7"], ["ir_k7", "ir_k7"], ["ir_k7", "ir_k7"], ["ir_k7"]]
+    rows = [{"arch": {"space": space.name, "base": base, "depth": d, "width": w, "resolution": 22}}
+            for d, w in ((1.2, 1.28), (1.36, 1.28), (1.52, 1.28))]
+    a, b, c = (fe._member(2, r, False, space) for r in rows)
+    assert a["arch"] != b["arch"] and a["net"] == b["net"] != c["net"]
+    recipe = {"steps": 5, "batch_size": 8}
+    assert fe.task_dir(tmp_path, a["net"], recipe, "animals", 0) == fe.task_dir(tmp_path, b["net"], recipe, "animals", 0)
+    assert fe.task_dir(tmp_path, a["net"], recipe, "animals", 0) != fe.task_dir(tmp_path, c["net"], recipe, "animals", 0)
+    assert fe.task_dir(tmp_path, a["net"], recipe, "animals", 0) != fe.task_dir(tmp_path, a["net"], recipe, "animals", 1)

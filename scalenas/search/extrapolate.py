@@ -11,6 +11,12 @@ A space that declares ``max_resolution`` (the data's native size) caps the resol
 reaches it, the next ones grow along the depth and width components of u only (their ratio kept), since
 upsampling adds FLOPs and no information.
 
+Several (d, w) build the same network (layers round up, channels to the space's multiple): a chain whose stage
+2 says depth 1.36 and one that says 1.2 may be one and the same family. Before the direction is taken, each
+stage's depth and width are therefore replaced by the smallest value among the space's options (every stage's,
+and the base's 1.0) that builds the same network (:func:`canonical_chain`), so the direction depends on the
+built networks only, never on which of their equivalent names the search happened to write.
+
 Rounding makes FLOPs a step function of t: brentq finds where it crosses the target, then the neighbouring
 rounded candidates (nearby t, resolution one step either way) are scored and the one closest to the target in
 log FLOPs is kept; each member says whether it landed within the tolerance. Members lie outside the supernet's
@@ -37,6 +43,30 @@ _WINDOW = np.linspace(0.8, 1.2, 81)  # neighbouring step lengths searched around
 # In a space with max_resolution, the one-step resolution shift cannot fine-tune FLOPs between two layer counts
 # once the cap is reached: width nudges of up to +-10 % take its place (tried for every member of such a space).
 _WIDTH_NUDGE = np.exp(np.linspace(-0.1, 0.1, 11))
+
+
+def canonical_chain(space: SearchSpace, base: Base, chain: Sequence[tuple[float, float, int]]
+                    ) -> list[tuple[float, float, int]]:
+    """``chain`` with each stage's depth and width replaced by the smallest equivalent option value.
+
+    The candidates are the base's 1.0 and every scaling stage's depth (width) options below the stage's own
+    value; the first that derives the same network (:meth:`Derived.key`) wins, else the value stays. Depth only
+    sets layer counts and width only channels, so the two are canonicalised one after the other.
+    """
+    depths = sorted({1.0, *(float(v) for sc in space.scaling for v in sc.depth)})
+    widths = sorted({1.0, *(float(v) for sc in space.scaling for v in sc.width)})
+
+    def key(d: float, w: float, r: int) -> str:
+        return derive_subnet(space, Subnet(space.name, base, d, w, r)).key()
+
+    out = []
+    for d, w, r in chain:
+        d, w, r = float(d), float(w), int(r)
+        own = key(d, w, r)
+        d = next((x for x in depths if x < d and key(x, w, r) == own), d)
+        w = next((x for x in widths if x < w and key(d, x, r) == own), w)
+        out.append((d, w, r))
+    return out
 
 
 def step_direction(space: SearchSpace, chain: Sequence[tuple[float, float, int]],
@@ -80,6 +110,7 @@ def extrapolate(space: SearchSpace | str, base: Base | Sequence[Sequence[str]],
     if isinstance(growth, bool) or not isinstance(growth, (int, float)) or not 1.0 < float(growth) <= MAX_GROWTH:
         raise ScalenasError(f"growth must be a number > 1 and <= {MAX_GROWTH:g}, got {growth!r}")
     tolerance = check_tolerance(tolerance)
+    chain = canonical_chain(space, base, chain)
     u = step_direction(space, chain, weights)
     step, r0 = space.resolution_step, space.base_resolution
     limits = arch_limits(space)

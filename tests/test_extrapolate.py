@@ -36,9 +36,7 @@ def test_members_grow_by_growth_within_tolerance(name):
             assert (flops, params) == (m["flops"], m["params"])
             assert m["within_tolerance"] and abs(flops / (space.growth * prev_flops) - 1) <= 0.1
             assert m["flops_ratio"] == pytest.approx(flops / prev_flops)
-            # monotone multipliers, from the smallest equivalent names of the last stage's network
-            cd, cw, _ = canonical_chain(space, base, chain)[-1]
-            assert sub.depth >= cd and sub.width >= cw and sub.resolution >= r
+            assert sub.depth >= d and sub.width >= w and sub.resolution >= r  # monotone multipliers
             assert sub.resolution % space.resolution_step == 0
             assert space.stage_of(sub.depth, sub.width, sub.resolution) is None  # outside the supernet's lists
             assert m["evaluated"] is False and m["kind"] == "extrapolated" and m["top1"] is None
@@ -90,7 +88,7 @@ def test_max_resolution_caps_extrapolation_and_growth_moves_to_depth_and_width()
     chain = [(1.04, 1.12, 16), (1.36, 1.36, 20), (1.4, 1.4, 28)]  # resolution dominates the step direction
     assert step_direction(space, chain)[2] > 0.8
     members = extrapolate(space, base, chain, steps=3, tolerance=0.1)
-    d, w, _ = canonical_chain(space, base, chain)[-1]  # 1.04: stages 1..3 all build 2-3-3-2 layers for this base
+    d, w = 1.4, 1.4
     for m in members:
         sub = parse_subnet(json.loads(m["arch"]), space, allow_outside=True)
         assert sub.resolution == 28 and m["within_tolerance"]
@@ -98,7 +96,7 @@ def test_max_resolution_caps_extrapolation_and_growth_moves_to_depth_and_width()
         d, w = sub.depth, sub.width
     # the FLOPs land on target through width nudges (the resolution shift is gone); the nudge list is not used
     # without a cap, where the tests above pin the behaviour
-    assert all(abs(m["flops_ratio"] / space.growth - 1) <= 0.03 for m in members)  # a 28 px step: ~14 %
+    assert all(abs(m["flops_ratio"] / space.growth - 1) <= 0.02 for m in members)
     # without the cap the same chain upsamples past the native size
     uncapped = dataclasses.replace(space, max_resolution=None)
     assert json.loads(extrapolate(uncapped, base, chain, steps=1)[0]["arch"])["resolution"] > 28
@@ -136,7 +134,7 @@ def test_extrapolation_depends_on_the_built_networks_not_their_names():
         canon = canonical_chain(space, base, chain)
         assert canonical_chain(space, base, canon) == canon  # idempotent
         for (d, w, r), (d2, w2, r2) in zip(chain, canon):
-            assert d2 <= d and w2 <= w and r2 == r
+            assert d2 >= d and w2 >= w and r2 == r
             assert derive_subnet(space, Subnet(space.name, base, d2, w2, r2)).key() == \
                 derive_subnet(space, Subnet(space.name, base, d, w, r)).key()
         other = _equivalent_chain(space, base, chain, rng)

@@ -12,10 +12,12 @@ reaches it, the next ones grow along the depth and width components of u only (t
 upsampling adds FLOPs and no information.
 
 Several (d, w) build the same network (layers round up, channels to the space's multiple): a chain whose stage
-2 says depth 1.36 and one that says 1.2 may be one and the same family. Before the direction is taken, each
-stage's depth and width are therefore replaced by the smallest value among the space's options (every stage's,
-and the base's 1.0) that builds the same network (:func:`canonical_chain`), so the direction depends on the
-built networks only, never on which of their equivalent names the search happened to write.
+2 says depth 1.2 and one that says 1.36 may be one and the same family. Before anything is computed, each
+stage's depth and width are therefore replaced by the largest value among the space's options (every stage's)
+that builds the same network (:func:`canonical_chain`), so the members depend on the built networks only, never
+on which of their equivalent names the search happened to write. The largest is the one nearest the built
+network's real size (ceil rounding builds at least n x d layers: 1-2-2-1 blocks at depth 1.04 are 2-3-3-2, the
+same as at 1.4), and it is never below the written value, so members still grow monotonically from it.
 
 Rounding makes FLOPs a step function of t: brentq finds where it crosses the target, then the neighbouring
 rounded candidates (nearby t, resolution one step either way) are scored and the one closest to the target in
@@ -47,14 +49,15 @@ _WIDTH_NUDGE = np.exp(np.linspace(-0.1, 0.1, 11))
 
 def canonical_chain(space: SearchSpace, base: Base, chain: Sequence[tuple[float, float, int]]
                     ) -> list[tuple[float, float, int]]:
-    """``chain`` with each stage's depth and width replaced by the smallest equivalent option value.
+    """``chain`` with each stage's depth and width replaced by the largest equivalent option value.
 
-    The candidates are the base's 1.0 and every scaling stage's depth (width) options below the stage's own
-    value; the first that derives the same network (:meth:`Derived.key`) wins, else the value stays. Depth only
-    sets layer counts and width only channels, so the two are canonicalised one after the other.
+    The candidates are every scaling stage's depth (width) options above the stage's own value, largest first;
+    the first that derives the same network (:meth:`Derived.key`) wins, else the value stays (rounding makes the
+    values that build one network an interval, so no smaller candidate can be missed). Depth only sets layer
+    counts and width only channels, so the two are canonicalised one after the other.
     """
-    depths = sorted({1.0, *(float(v) for sc in space.scaling for v in sc.depth)})
-    widths = sorted({1.0, *(float(v) for sc in space.scaling for v in sc.width)})
+    depths = sorted({float(v) for sc in space.scaling for v in sc.depth}, reverse=True)
+    widths = sorted({float(v) for sc in space.scaling for v in sc.width}, reverse=True)
 
     def key(d: float, w: float, r: int) -> str:
         return derive_subnet(space, Subnet(space.name, base, d, w, r)).key()
@@ -63,8 +66,8 @@ def canonical_chain(space: SearchSpace, base: Base, chain: Sequence[tuple[float,
     for d, w, r in chain:
         d, w, r = float(d), float(w), int(r)
         own = key(d, w, r)
-        d = next((x for x in depths if x < d and key(x, w, r) == own), d)
-        w = next((x for x in widths if x < w and key(d, x, r) == own), w)
+        d = next((x for x in depths if x > d and key(x, w, r) == own), d)
+        w = next((x for x in widths if x > w and key(d, x, r) == own), w)
         out.append((d, w, r))
     return out
 
@@ -196,7 +199,9 @@ def extrapolate(space: SearchSpace | str, base: Base | Sequence[Sequence[str]],
             "direction": {"depth": float(u[0]), "width": float(u[1]), "resolution": float(u[2])},
             "evaluated": False,
         })
-        prev, prev_flops = member, flops
+        # the next member starts from this one's canonical name (the same network), as a new call would
+        (d, w, r), = canonical_chain(space, base, [(member.depth, member.width, member.resolution)])
+        prev, prev_flops = Subnet(space.name, base, d, w, r), flops
     return members
 
 

@@ -210,3 +210,30 @@ def test_equivalent_multipliers_share_one_training_folder(tmp_path):
     assert fe.task_dir(tmp_path, a["net"], recipe, "animals", 0) == fe.task_dir(tmp_path, b["net"], recipe, "animals", 0)
     assert fe.task_dir(tmp_path, a["net"], recipe, "animals", 0) != fe.task_dir(tmp_path, c["net"], recipe, "animals", 0)
     assert fe.task_dir(tmp_path, a["net"], recipe, "animals", 0) != fe.task_dir(tmp_path, a["net"], recipe, "animals", 1)
+
+
+def test_search_cost_noise_recomputes_the_bench_ratio_and_relaxes_it(tmp_path):
+    """w = 0 is bench_search's own reach rule; a width lowers one threshold for both strategies; bad input is one
+    clear line with exit code 2."""
+    mod = _load(ROOT / "jobs" / "bench" / "search_cost_noise.py", "search_cost_noise_job")
+    rows = [("alternate", 0, 40, 0.90), ("alternate", 0, 80, 0.92), ("alternate", 0, 100, 0.93),
+            ("markov", 0, 30, 0.915), ("markov", 0, 60, 0.925), ("markov", 0, 100, 0.928),
+            ("alternate", 1, 50, 0.95), ("markov", 1, 20, 0.951)]
+    curves = tmp_path / "curves.csv"
+    pd.DataFrame([{"strategy": s, "seed": d, "generation": i, "evaluations": e, "fitness": f, "feasible": True}
+                  for i, (s, d, e, f) in enumerate(rows)]).to_csv(curves, index=False)
+    out = tmp_path / "noise"
+    assert mod.main(["--curves", str(curves), "--widths", "0,0.005,0.03", "--holdout-size", "1000",
+                     "--out", str(out)]) == 0
+    table = pd.read_csv(out.with_suffix(".csv"))
+    s0 = table[table["seed"] == 0].set_index("width")
+    assert s0.loc[0.0, "ratio"] == float("inf")  # markov never reaches 0.93
+    assert s0.loc[0.005, "alternate_evals"] == 100 and s0.loc[0.005, "markov_evals"] == 60  # level 0.925
+    assert s0.loc[0.005, "ratio"] == pytest.approx(0.6)
+    assert s0.loc[0.03, "ratio"] == pytest.approx(30 / 40)  # level 0.90: both at their first generation
+    assert table[table["seed"] == 1].set_index("width").loc[0.0, "ratio"] == pytest.approx(20 / 50)
+    text = out.with_suffix(".md").read_text()
+    assert "| curves.csv | 0 | 2 | 0/2 | inf 0.400 | inf |" in text and "binomial standard error" in text
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--curves", str(tmp_path / "none.csv"), "--out", str(out)])
+    assert e.value.code == 2

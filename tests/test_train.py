@@ -438,8 +438,9 @@ def test_default_recipe_same_seed_same_weights(tmp_path):
         c.warmup_steps, c.log_every, c.panel_random, c.bn_calib_batches = 1, 1, 0, 1
         c.holdout_frac = c.test_frac = 0.02  # a 200-image panel: this checks bits, not accuracy
         return c
-    assert cfg().sandwich and cfg().inplace_distill and cfg().augment == "auto"
-    train_supernet(cfg(), tmp_path / "a", progress=False)
+    first = cfg()
+    assert first.sandwich and first.inplace_distill and first.augment == "auto"
+    train_supernet(first, tmp_path / "a", progress=False)
     train_supernet(cfg(), tmp_path / "b", progress=False)
     a, b = read_checkpoint(tmp_path / "a"), read_checkpoint(tmp_path / "b")
     assert_same_state(a["model"], b["model"])

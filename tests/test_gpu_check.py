@@ -95,3 +95,19 @@ def test_dry_run_records_every_check(tmp_path):
     for check in ("train_fp16", "ddp"):  # CPU stand-ins only with --full-dry; skipped, not failed
         assert by_check[check][0]["status"] == "skipped (dry)"
     assert not list(tmp_path.glob(".*.tmp"))  # the CSV was replaced atomically, no temp left
+
+
+def test_conv_backend_script_refuses_an_unknown_variant_and_summarises_a_log(tmp_path):
+    script = REPO / "jobs/bench/gpu_conv_backend.py"
+    proc = subprocess.run([sys.executable, str(script), "--variants", "cudnn,turbo", "--device", "cpu",
+                           "--out", str(tmp_path / "x.csv")], check=False, cwd=tmp_path, env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "turbo" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.csv").exists()
+    spec = importlib.util.spec_from_file_location("gpu_conv_backend", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    (tmp_path / "train_log.csv").write_text("step,images_per_s\n5,10.0\n10,40.0\n15,40.0\n")
+    done, sps, ips = mod.summarise(tmp_path, batch=8)  # the first window is left out: 10 steps at 5 steps/s
+    assert done == 15 and sps == pytest.approx(5.0) and ips == pytest.approx(40.0)
+    assert mod.summarise(tmp_path / "missing", batch=8)[0] == 0

@@ -446,3 +446,25 @@ def test_default_recipe_same_seed_same_weights(tmp_path):
     assert_same_state(a["model"], b["model"])
     assert a["sampler"] == b["sampler"] and a["data"] == b["data"]
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a" / "panel.csv"), pd.read_csv(tmp_path / "b" / "panel.csv"))
+
+
+def test_cudnn_is_off_for_supernets_and_on_for_fixed_models_on_cuda():
+    """configure_cudnn: auto turns cuDNN off where shapes change per step (a supernet) and on for a fixed model;
+    on/off force it; a CPU device never touches the flag. The flag is process-wide, so it is restored here."""
+    import torch
+
+    from scalenas.train.loop import configure_cudnn
+
+    before = torch.backends.cudnn.enabled
+    cuda = torch.device("cuda")  # setting the flag needs no GPU
+    try:
+        assert configure_cudnn(cuda, "auto", dynamic_shapes=True) is False and not torch.backends.cudnn.enabled
+        assert configure_cudnn(cuda, "auto", dynamic_shapes=False) is True and torch.backends.cudnn.enabled
+        assert configure_cudnn(cuda, "off", dynamic_shapes=False) is False and not torch.backends.cudnn.enabled
+        assert configure_cudnn(cuda, "on", dynamic_shapes=True) is True and torch.backends.cudnn.enabled
+        torch.backends.cudnn.enabled = True
+        assert configure_cudnn(torch.device("cpu"), "off") is False and torch.backends.cudnn.enabled
+        with pytest.raises(ValueError):
+            configure_cudnn(cuda, "sometimes")
+    finally:
+        torch.backends.cudnn.enabled = before

@@ -186,7 +186,7 @@ def train_run(check: str, sz: Sizes, work: Path, amp: str) -> list[dict]:
                           "log_every": sz.log_every, "checkpoint_every": sz.steps, "panel_random": 0,
                           "bn_calib_batches": 1, "threads": sz.threads, "seed": 0})
     cfg.channels_last = True
-    prec = Precision(cfg, torch.device(sz.device))
+    prec = Precision(cfg, torch.device(sz.device), dynamic_shapes=True)  # as train_supernet sets it up
     t0 = time.perf_counter()
     summary = train_supernet(cfg, out, progress=False)
     wall = time.perf_counter() - t0
@@ -199,7 +199,7 @@ def train_run(check: str, sz: Sizes, work: Path, amp: str) -> list[dict]:
     panel_ok = all(finite(v) for v in summary["panel"]["holdout_top1"])
     mem = f"; peak CUDA memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB" if sz.device == "cuda" else ""
     how = (f"amp={amp} channels_last=True -> autocast dtype {prec.dtype}, channels_last {prec.channels_last}, "
-           f"grad scaler {prec.scaler is not None}")
+           f"grad scaler {prec.scaler is not None}, cuDNN {prec.cudnn}")
     if sz.dry:
         how += " (CPU: the package trains in fp32; amp/channels_last apply on CUDA only)"
     detail = (f"{TRAIN_SPACE} on {TRAIN_DATA}, {summary['step']} steps, batch {sz.batch}; {how}; steady over {n} "

@@ -25,6 +25,7 @@ from scalenas.spaces.arch import Subnet, parse_subnet
 from scalenas.train.checkpoint import checkpoint_space, load_supernet, read_checkpoint
 from scalenas.train.config import data_options
 from scalenas.train.evaluate import calibration_batches, subnet_metrics
+from scalenas.train.loop import configure_cudnn
 
 BOOTSTRAP_RESAMPLES = 200
 BOOTSTRAP_SEED = 0
@@ -132,6 +133,7 @@ class SupernetEvaluator:
             raise ValueError(split)
         payload = read_checkpoint(checkpoint)
         self.space = checkpoint_space(payload, str(checkpoint))
+        configure_cudnn(torch.device(device))  # a supernet path: shapes change per candidate (off on CUDA)
         self.supernet = load_supernet(checkpoint, payload=payload).to(device)
         cfg = payload.get("config", {})
         # The run's own data settings and file list (RUN/data_files.json); a streamed holdout is decoded in

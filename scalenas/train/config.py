@@ -75,6 +75,8 @@ class TrainConfig:
     device: str = option("auto", "training device", choices=("auto", "cpu", "cuda"))
     amp: str = option("bf16", "mixed precision on CUDA", choices=("bf16", "fp16", "off"))
     channels_last: bool = option(True, "channels_last memory format on CUDA")
+    cudnn: str = option("auto", "cuDNN on CUDA: auto (off for a supernet, whose convolution shapes change every "
+                        "step; on for a standalone model), on, off", choices=("auto", "on", "off"))
     threads: int | None = option(None, "torch CPU threads (None: torch's default)", min=1)
     seed: int = option(0, "seed of python, numpy, torch, the path sampler and the data order")
     # bookkeeping

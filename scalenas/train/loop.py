@@ -71,11 +71,32 @@ def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
     return cfg.epochs * steps_per_epoch if cfg.epochs is not None else int(cfg.steps)
 
 
-class Precision:
-    """AMP on CUDA (bf16, or fp16 with a grad scaler) and channels_last; plain fp32 on CPU."""
+def configure_cudnn(device: torch.device, setting: str = "auto", dynamic_shapes: bool = True) -> bool:
+    """Switch cuDNN on or off for this process when ``device`` is CUDA (no effect elsewhere); returns whether it is on.
 
-    def __init__(self, cfg: TrainConfig, device: torch.device, channels_last: bool = True):
+    ``auto`` turns it off where convolution shapes change from call to call -- a supernet path (channel slices x
+    resolutions x kernels) -- and on for a fixed model. cuDNN 9 builds an execution plan for every new shape: on an
+    NVIDIA H200 (torch 2.11 + CUDA 13) supernet training ran at ~0.2 steps/s with cuDNN and 3.6 steps/s without,
+    and AMP fp16 stopped inside cuDNN with "misaligned address" (results/bench/gpu.md). The flag is process-wide
+    because convolution backward picks its backend when it runs, not when the forward ran.
+    """
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"cudnn: {setting!r}")
+    enabled = setting == "on" or (setting == "auto" and not dynamic_shapes)
+    if device.type != "cuda":
+        return False
+    torch.backends.cudnn.enabled = enabled
+    return enabled
+
+
+class Precision:
+    """AMP on CUDA (bf16, or fp16 with a grad scaler), channels_last and cuDNN (:func:`configure_cudnn`);
+    plain fp32 on CPU. ``dynamic_shapes``: the model is a supernet whose shapes change every step."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, channels_last: bool = True,
+                 dynamic_shapes: bool = False):
         cuda = device.type == "cuda"
+        self.cudnn = configure_cudnn(device, cfg.cudnn, dynamic_shapes)
         self.device_type = device.type
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if cuda else None
         self.scaler = torch.amp.GradScaler("cuda") if cuda and cfg.amp == "fp16" else None

@@ -214,7 +214,7 @@ def _train_supernet(cfg: TrainConfig, out_dir: Path, space: SearchSpace | None, 
         space = _space_with_classes(space, data.num_classes)
 
     seed_everything(cfg.seed)
-    precision = Precision(cfg, device)
+    precision = Precision(cfg, device, dynamic_shapes=True)
     model = SuperNet(space).to(device)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -41,6 +41,10 @@ mean ± sd over seeds, the paired (same seed) differences markov - compound and 
 their mean over stages, whether the target holds, and the command that produced it. ``OUT/families.json`` lists
 every member trained.
 
+``--earlier-rows CSV`` adds the seeds of an earlier run (its rows CSV) without retraining them, e.g. one more seed on
+a fresh machine whose training cache is gone: every earlier (strategy, stage) must hold this run's family member
+(same architecture JSON), with the same steps and no seed in common; else one line and exit code 2.
+
     python jobs/family_evidence.py --supernet results/runs/animals/checkpoint.pt --seeds 0 1 2   # the evidence
     python jobs/family_evidence.py --search results/runs/RUN/search --steps 300 --seeds 0 1 2
 """
@@ -119,6 +123,10 @@ def parse_args(argv: list[str] | None):
                    help="--supernet: extrapolated members of the markov family (default 2)")
     p.add_argument("--workers", type=number("--workers", int, min=0), default=None,
                    help="Ray evaluation workers of the searches (0: in-process; default: scalenas search's)")
+    p.add_argument("--earlier-rows", default=None,
+                   help="a previous run's rows CSV (other seeds of the same families, same steps): summarised "
+                        "together with this run's seeds, without retraining them; refused when a family member, "
+                        "the steps or a seed differ")
     p.add_argument("--csv", default=None, help="rows (default results/family_<data>.csv)")
     p.add_argument("--md", default=None, help="summary (default results/family_<data>.md)")
     args = p.parse_args(argv)
@@ -384,6 +392,53 @@ def paired(frame, other: str):
     return pv["markov"] - pv[other]
 
 
+ROW_COLUMNS = ("strategy", "stage", "seed", "extrapolated", "flops", "params", "test_top1", "holdout_top1",
+               "target_flops", "steps", "train_seconds", "arch", "run_dir")
+
+
+def read_earlier_rows(path: str, seeds: list[int], steps: int):
+    """The rows of an earlier run (``--earlier-rows``), checked for what can be checked before any search runs:
+    a readable CSV with this script's columns, the same training steps, and no seed that this run trains too."""
+    import pandas as pd
+
+    p = Path(path)
+    if not p.is_file():
+        raise ScalenasError(f"--earlier-rows {p}: no such file")
+    try:
+        frame = pd.read_csv(p)
+    except (ValueError, OSError, UnicodeDecodeError) as exc:
+        raise ScalenasError(f"--earlier-rows {p}: not a readable CSV ({' '.join(str(exc).split())[:120]})") from None
+    missing = [c for c in ROW_COLUMNS if c not in frame.columns]
+    if missing or frame.empty:
+        raise ScalenasError(f"--earlier-rows {p}: not a family evidence CSV "
+                            f"({'missing column(s) ' + ', '.join(missing) if missing else 'no rows'})")
+    clash = sorted(set(int(v) for v in frame["seed"]) & set(seeds))
+    if clash:
+        raise ScalenasError(f"--earlier-rows {p}: seed(s) {' '.join(map(str, clash))} are in --seeds too; "
+                            "each seed is trained once")
+    other = sorted(set(int(v) for v in frame["steps"]) - {steps})
+    if other:
+        raise ScalenasError(f"--earlier-rows {p}: rows trained for {' '.join(map(str, other))} steps, this run "
+                            f"trains {steps}")
+    return frame[list(ROW_COLUMNS)]
+
+
+def check_earlier_families(earlier, families: dict[str, list[dict[str, Any]]], path: str) -> None:
+    """Every (strategy, stage) of ``earlier`` holds exactly this run's family member (the same architecture, for
+    every earlier seed), so the earlier seeds measured the same networks."""
+    want = {(strat, int(m["stage"])): json.loads(m["arch"]) if isinstance(m["arch"], str) else m["arch"]
+            for strat, fam in families.items() for m in fam}
+    got_keys = {(str(a), int(b)) for a, b in zip(earlier["strategy"], earlier["stage"])}
+    if got_keys != set(want):
+        raise ScalenasError(f"--earlier-rows {path}: its strategies and stages differ from this run's families")
+    seeds = set(int(v) for v in earlier["seed"])
+    for (strat, stage), arch in want.items():
+        sel = earlier[(earlier["strategy"] == strat) & (earlier["stage"] == stage)]
+        if set(int(v) for v in sel["seed"]) != seeds or any(json.loads(a) != arch for a in sel["arch"]):
+            raise ScalenasError(f"--earlier-rows {path}: {strat} stage {stage} holds another network (or other "
+                                "seeds) than this run's family: rows of another supernet or search?")
+
+
 def summarise(frame) -> dict[str, Any]:
     """Per stage and over stages: the paired differences and the target's conditions."""
     out: dict[str, Any] = {}
@@ -502,6 +557,7 @@ def evidence(args, argv: list[str]) -> int:
     label = data if data in ("digits", "animals") else "custom"
     csv_path = Path(args.csv) if args.csv else REPO / "results" / f"family_{label}.csv"
     md_path = Path(args.md) if args.md else REPO / "results" / f"family_{label}.md"
+    earlier = read_earlier_rows(args.earlier_rows, args.seeds, args.steps) if args.earlier_rows else None
     print(f"family evidence: supernet {ckpt}; targets {targets}; {args.steps} steps x batch {args.batch_size}, "
           f"seeds {args.seeds}; cache {out}", flush=True)
 
@@ -538,6 +594,8 @@ def evidence(args, argv: list[str]) -> int:
         print(f"{strat}: " + ", ".join(f"s{m['stage']}{'*' if m['extrapolated'] else ''} {m['flops'] / 1e6:.2f}M"
                                        for m in fam) + "  (* extrapolated)", flush=True)
 
+    if earlier is not None:
+        check_earlier_families(earlier, families, args.earlier_rows)
     overrides = recipe(args, sn_cfg, data)
     cache = out / "train"
     tasks, rows_meta = [], []
@@ -563,12 +621,20 @@ def evidence(args, argv: list[str]) -> int:
                      "holdout_top1": r["holdout_top1"], "target_flops": m["target_flops"], "steps": r["steps"],
                      "train_seconds": r.get("train_seconds"), "arch": m["arch"], "run_dir": d})
     frame = pd.DataFrame(rows)
+    if earlier is not None:  # one table in a single run's order: strategy, stage, seed
+        frame = pd.concat([earlier, frame], ignore_index=True)
+        order = {s: i for i, s in enumerate(STRATEGIES)}
+        frame = frame.sort_values(["strategy", "stage", "seed"], key=lambda c: c.map(order) if c.name == "strategy"
+                                  else c, kind="stable").reset_index(drop=True)
     atomic_write_csv(csv_path, frame)
     summary = summarise(frame)
     settings = {"data": data, "space": space.name, "supernet": str(ckpt), "markov search": str(markov),
                 "targets": ", ".join(f"{t / 1e6:.3g}M" for t in targets), "steps": args.steps,
-                "batch_size": args.batch_size, "job": args.job, "seeds": " ".join(map(str, args.seeds)),
+                "batch_size": args.batch_size, "job": args.job,
+                "seeds": " ".join(map(str, sorted(set(int(v) for v in frame["seed"])))),
                 "data_seed": overrides["data_seed"], "csv": csv_path.name, "wall_s": time.perf_counter() - t0}
+    if earlier is not None:
+        settings["earlier rows (not retrained; wall time is this run's)"] = args.earlier_rows
     command = "python jobs/family_evidence.py " + shlex.join(argv)
     text = markdown(frame, summary, settings, command)
     atomic_write_text(md_path, text)

@@ -237,3 +237,41 @@ def test_search_cost_noise_recomputes_the_bench_ratio_and_relaxes_it(tmp_path):
     with pytest.raises(SystemExit) as e:
         mod.main(["--curves", str(tmp_path / "none.csv"), "--out", str(out)])
     assert e.value.code == 2
+
+
+def test_earlier_rows_add_seeds_without_retraining_and_refuse_other_families(pipeline, family_job, capsys):
+    """--earlier-rows: seed 0 comes from the pipeline's CSV (its training folders are gone, so it cannot have
+    been retrained), seed 1 is trained; a CSV of other networks, steps or seeds is refused with one line."""
+    tmp = pipeline["tmp"]
+    earlier = pd.read_csv(pipeline["csv"])
+    earlier["run_dir"] = "/nowhere"
+    earlier.to_csv(tmp / "earlier.csv", index=False)
+    base = ["--search", str(pipeline["out"] / "search-markov"), "--out", str(pipeline["out"]), "--steps", "5",
+            "--batch-size", "16"]
+    csv, md = tmp / "merged.csv", tmp / "merged.md"
+    assert family_job.main(base + ["--seeds", "1", "--earlier-rows", str(tmp / "earlier.csv"), "--csv", str(csv),
+                                   "--md", str(md)]) == 0
+    merged = pd.read_csv(csv)
+    assert sorted(merged["seed"].unique()) == [0, 1] and len(merged) == 2 * len(earlier)
+    old = merged[merged["seed"] == 0].reset_index(drop=True)
+    assert old["test_top1"].tolist() == earlier["test_top1"].tolist() and (old["run_dir"] == "/nowhere").all()
+    assert "training seeds 0, 1" in md.read_text() and "earlier rows" in md.read_text()
+    capsys.readouterr()
+
+    def refused(frame, *extra) -> str:
+        frame.to_csv(tmp / "bad.csv", index=False)
+        assert family_job.main(base + ["--seeds", "1", "--earlier-rows", str(tmp / "bad.csv"), *extra,
+                                       "--csv", str(tmp / "no.csv"), "--md", str(tmp / "no.md")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--earlier-rows" in err
+        assert not (tmp / "no.csv").exists()
+        return err
+
+    other = earlier.copy()
+    other.loc[0, "arch"] = earlier.loc[len(earlier) - 1, "arch"]
+    assert "another network" in refused(other)
+    assert "each seed is trained once" in refused(earlier.assign(seed=1))
+    assert "steps" in refused(earlier.assign(steps=7))
+    assert "missing column" in refused(earlier.drop(columns=["arch"]))
+    assert family_job.main(base + ["--seeds", "1", "--earlier-rows", str(tmp / "missing.csv")]) == 2
+    assert "no such file" in capsys.readouterr().err

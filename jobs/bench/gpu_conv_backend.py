@@ -30,8 +30,9 @@ import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _p in (REPO, Path(__file__).resolve().parent):  # the package, and gpu_check's log helpers beside this file
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
 VARIANTS = ("cudnn", "no_cudnn", "contiguous")
 COLUMNS = ("job", "variant", "amp", "device", "status", "steps_done", "steady_steps_per_s", "images_per_s",
@@ -62,21 +63,13 @@ def child(args: argparse.Namespace) -> int:
 
 
 def summarise(work: Path, batch: int) -> tuple[int, float, float]:
-    log = work / "train_log.csv"
-    if not log.is_file():
-        return 0, float("nan"), float("nan")
-    with open(log, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    """(last logged step, steady steps/s, images/s) of the run in ``work``, as the GPU check reads its own."""
+    from gpu_check import read_log, steady_steps_per_s
+
+    rows = read_log(work) if (work / "train_log.csv").is_file() else []
     if not rows:
         return 0, float("nan"), float("nan")
-    windows, prev = [], 0
-    for r in rows:
-        windows.append((int(r["step"]) - prev, float(r["images_per_s"])))
-        prev = int(r["step"])
-    use = windows[1:] if len(windows) > 1 else windows
-    steps = sum(n for n, _ in use)
-    seconds = sum(n * batch / ips for n, ips in use if ips > 0)
-    sps = steps / seconds if seconds > 0 else float("nan")
+    sps, _ = steady_steps_per_s(rows, batch, 1)
     return int(rows[-1]["step"]), sps, sps * batch
 
 

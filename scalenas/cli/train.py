@@ -16,7 +16,7 @@ from scalenas.train.config import DEFAULT_JOB, TrainConfig, load_job
 
 # TrainConfig keys that are flags of train (defaults, choices and help come from TrainConfig).
 FLAGS = ("data", "data_seed", "holdout_frac", "test_frac", "store_size", "augment", "flip", "source", "workers", "memory_limit_mb", "max_bad_frac", "rescan_data", "epochs", "steps", "batch_size", "optimizer", "lr", "schedule", "momentum",
-         "weight_decay", "warmup_steps", "label_smoothing", "dropout", "device", "amp", "threads", "seed",
+         "weight_decay", "warmup_steps", "label_smoothing", "dropout", "device", "amp", "cudnn", "threads", "seed",
          "checkpoint_every", "log_every", "tensorboard")
 
 

@@ -19,9 +19,7 @@ On a CPU machine it runs the same code with ``--device cpu`` (amp is then ignore
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -123,14 +121,13 @@ def main(argv: list[str] | None = None) -> int:
                  "wall_s": round(wall, 1), "detail": detail}
             print(json.dumps(r), flush=True)
             out_rows.append(r)
+    import pandas as pd
+
+    from scalenas.io import atomic_write_csv
+
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows(out_rows)
-    os.replace(tmp, out)
+    atomic_write_csv(out, pd.DataFrame(out_rows, columns=list(COLUMNS)))
     print(f"wrote {out}")
     return 0
 

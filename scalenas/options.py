@@ -108,8 +108,12 @@ def check_options(obj: Any, where: str) -> Any:
     return obj
 
 
-def describe(f: dataclasses.Field) -> str:
-    """The help text of a field with its default, choices and range (for ``--help`` and the docs)."""
+def describe(f: dataclasses.Field, defaults: Any = None, defaults_name: str = "") -> str:
+    """The help text of a field with its default, choices and range (for ``--help`` and the docs).
+
+    ``defaults``: an instance whose value is the *effective* default (e.g. the default job's config), named
+    ``defaults_name`` in the text when it differs from the field's own default.
+    """
     meta = f.metadata
     parts = [meta.get("help", "")]
     if meta.get("choices"):
@@ -118,5 +122,8 @@ def describe(f: dataclasses.Field) -> str:
     if rng:
         parts.append(rng)
     default = f.default if f.default is not _MISSING else None
-    parts.append(f"default {default}")
+    if defaults is not None and getattr(defaults, f.name, default) != default:
+        parts.append(f"default {getattr(defaults, f.name)}{f' ({defaults_name})' if defaults_name else ''}")
+    else:
+        parts.append(f"default {default}")
     return "; ".join(p for p in parts if p)

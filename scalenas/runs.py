@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from scalenas.errors import ScalenasError
 
@@ -68,3 +69,183 @@ def find_search_dir(run: str | None) -> Path:
     if found is None:
         raise ScalenasError(f"no finished search under {RUNS_DIR}/*/search* (run scalenas search first, or give --run)")
     return found
+
+
+# ------------------------------------------------------------------------------------------ the folder owners
+DATA_RECORD_FORMAT = "scalenas-data-record/1"
+
+
+def _read_json(path: Path, what: str) -> Any:
+    """A JSON document written by scalenas; one clear line when it is unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ScalenasError(f"{path}: missing ({what})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ScalenasError(f"{path}: unreadable {what} ({type(exc).__name__})") from None
+
+
+def check_data_record(rec: Any, where: str) -> dict[str, Any]:
+    """A data record (what a run trained on: data, split, classes, fingerprint) validated; raises otherwise."""
+    if not isinstance(rec, dict) or rec.get("format") != DATA_RECORD_FORMAT:
+        raise ScalenasError(f"{where}: not a scalenas data record (format {DATA_RECORD_FORMAT!r} expected)")
+    classes = rec.get("classes")
+    if not isinstance(rec.get("data"), str) or not isinstance(classes, list) \
+            or not all(isinstance(c, str) for c in classes) or not isinstance(rec.get("fingerprint"), str):
+        raise ScalenasError(f"{where}: damaged data record (needs data, classes and fingerprint)")
+    return rec
+
+
+class RunFolder:
+    """A training run folder: every file a run writes is named here once.
+
+    ``data.json`` is the run's *data record* (:data:`DATA_RECORD_FORMAT`): the data it trained on (an absolute
+    path, or an embedded dataset's name), the split (seed, fractions), the stored size and augmentation defaults,
+    the class list and a fingerprint of the data's content; ``space.yaml`` is the space the supernet was built
+    from (``num_classes`` fitted to the data). Every command that continues the run reads them.
+    """
+
+    CHECKPOINT = SUPERNET_CKPT
+    STANDALONE_CHECKPOINT = STANDALONE_CKPT
+    CONFIG = "config.yaml"
+    SPLIT = "split.json"
+    DATA = "data.json"
+    SPACE = "space.yaml"
+    PANEL = "panel.csv"
+    SUMMARY = "run_summary.json"
+    RESULT = "result.json"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / self.CHECKPOINT
+
+    def has_data_record(self) -> bool:
+        return (self.path / self.DATA).is_file()
+
+    def data_record(self) -> dict[str, Any] | None:
+        """The run's data record, or None for a run written before records existed."""
+        path = self.path / self.DATA
+        if not path.is_file():
+            return None
+        return check_data_record(_read_json(path, "data record"), str(path))
+
+    def write_data_record(self, record: dict[str, Any]) -> Path:
+        from scalenas.io import atomic_write_json
+
+        return atomic_write_json(self.path / self.DATA, check_data_record(record, str(self.path / self.DATA)))
+
+    def write_space(self, raw: dict[str, Any]) -> Path:
+        import yaml
+
+        from scalenas.io import atomic_write_text
+
+        return atomic_write_text(self.path / self.SPACE, yaml.safe_dump(raw, sort_keys=False))
+
+
+class SearchFolder:
+    """A search folder (``RUN/search``, ``RUN/search-2``, ...): every file a search, ``extrapolate`` and
+    ``train --family`` write into it is named here once.
+
+    Besides the reports it holds a copy of its run's data record (``data.json``) and the space the search ran on
+    (``space.yaml``, with ``num_classes`` fitted to the data), so the folder is self-contained: its member files
+    refer to ``space.yaml`` relative to themselves, and ``train --family`` / ``report`` follow ``data.json``
+    even when the run folder was moved or deleted.
+    """
+
+    STATE = "state.json"
+    CONFIG = "search_config.json"
+    BEST = "best.json"
+    CHAIN = "chain.json"
+    PARETO = "pareto.csv"
+    FAMILY = "family.csv"
+    LOG = "search_log.csv"
+    PLOT = "pareto.png"
+    STANDALONE = "standalone.csv"
+    EXTRAPOLATION = "extrapolation.json"
+    DATA = RunFolder.DATA
+    SPACE = RunFolder.SPACE
+    MEMBER_GLOB = "member_s*.json"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"SearchFolder({str(self.path)!r})"
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @staticmethod
+    def member_name(stage: int) -> str:
+        return f"member_s{int(stage)}.json"
+
+    def member_file(self, stage: int) -> Path:
+        return self.path / self.member_name(stage)
+
+    def member_files(self) -> list[Path]:
+        return sorted(self.path.glob(self.MEMBER_GLOB))
+
+    @staticmethod
+    def holds_search(path: str | Path) -> bool:
+        """Whether ``path`` is a search folder (it has a search config or best.json)."""
+        p = Path(path)
+        return (p / SearchFolder.CONFIG).is_file() or (p / SearchFolder.BEST).is_file()
+
+    def config(self) -> dict[str, Any] | None:
+        path = self.path / self.CONFIG
+        if not path.is_file():
+            return None
+        doc = _read_json(path, "search config")
+        if not isinstance(doc, dict):
+            raise ScalenasError(f"{path}: not a search config (a JSON object expected)")
+        return doc
+
+    def run_dir(self) -> Path | None:
+        """The training run the search belongs to (None when its config does not say)."""
+        cfg = self.config() or {}
+        run = cfg.get("run_dir")
+        if isinstance(run, str) and run:
+            return Path(run)
+        ckpt = cfg.get("supernet")
+        return Path(ckpt).parent if isinstance(ckpt, str) and ckpt else None
+
+    def data_record(self) -> dict[str, Any] | None:
+        """The data the search's supernet trained on: the folder's own copy, else its run's record."""
+        path = self.path / self.DATA
+        if path.is_file():
+            return check_data_record(_read_json(path, "data record"), str(path))
+        run = self.run_dir()
+        if run is not None and (run / RunFolder.DATA).is_file():
+            return RunFolder(run).data_record()
+        return None
+
+    def write_data_record(self, record: dict[str, Any]) -> Path:
+        from scalenas.io import atomic_write_json
+
+        return atomic_write_json(self.path / self.DATA, check_data_record(record, str(self.path / self.DATA)))
+
+    @property
+    def space_file(self) -> Path:
+        return self.path / self.SPACE
+
+    def write_space(self, raw: dict[str, Any]) -> Path:
+        return RunFolder(self.path).write_space(raw)
+
+    def state_done(self) -> bool | None:
+        """Whether the saved search state says the search finished (None: no state file)."""
+        path = self.path / self.STATE
+        if not path.is_file():
+            return None
+        try:
+            return bool(json.loads(path.read_text()).get("done"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            return False

@@ -14,11 +14,13 @@ _TYPES = {"int": int, "float": float, "str": str}
 
 def add_option_flags(parser: argparse.ArgumentParser, cls: type, names: Iterable[str], *,
                      show_defaults: bool = True, help_overrides: dict[str, str] | None = None,
-                     flag_names: dict[str, str] | None = None) -> list[str]:
+                     flag_names: dict[str, str] | None = None, defaults: Any = None,
+                     defaults_name: str = "") -> list[str]:
     """Add ``--some-key`` for each field ``some_key`` of ``cls``; returns the field names added.
 
     Every flag's argparse default is None ("not given"), so a job file's value or the dataclass default stays
-    in force unless the flag is given; the help text shows the dataclass default. Booleans get ``--x/--no-x``.
+    in force unless the flag is given; the help text shows the effective default: ``defaults`` (e.g. the default
+    job's config, named ``defaults_name``) where it differs, else the dataclass default. Booleans get ``--x/--no-x``.
     """
     fields = {f.name: f for f in dataclasses.fields(cls)}
     added = []
@@ -26,7 +28,8 @@ def add_option_flags(parser: argparse.ArgumentParser, cls: type, names: Iterable
         f = fields[name]
         meta = f.metadata
         flag = (flag_names or {}).get(name) or "--" + name.replace("_", "-")
-        text = (help_overrides or {}).get(name) or (describe(f) if show_defaults else meta.get("help", ""))
+        text = (help_overrides or {}).get(name) or (describe(f, defaults, defaults_name) if show_defaults
+                                                     else meta.get("help", ""))
         kind = type_name(f)
         kwargs: dict[str, Any] = {"default": None, "help": text.replace("%", "%%"), "dest": name}
         if kind == "bool":

@@ -11,7 +11,8 @@ Reads ``best.json`` (base, chain, targets, tolerance) of a finished search, call
 * ``family.csv``: the searched rows plus rows of ``kind = extrapolated`` (top1 empty: not evaluated);
 * ``extrapolation.json``: direction u, step lengths, FLOPs ratios, growth and tolerance.
 
-Re-running replaces the previous extrapolated rows and member files (idempotent).
+Re-running replaces the previous extrapolated rows and member files (idempotent); fewer ``--steps`` than the
+folder holds is refused unless ``--replace`` (the larger member files would go).
 """
 from __future__ import annotations
 
@@ -41,12 +42,15 @@ def add_parser(sub) -> None:
     p.add_argument("--tolerance", type=number("--tolerance", float, min=0.0, max=1.0, min_open=True, max_open=True),
                    default=None, help="relative FLOPs tolerance reported per member, in (0, 1) (default: the "
                    "search's)")
+    p.add_argument("--replace", action="store_true",
+                   help="with fewer --steps than the folder holds: drop the larger extrapolated members (default: "
+                   "refuse, so member files are never deleted silently)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     folder = find_search_dir(args.run)
-    print_extrapolation(folder, extrapolate_search(folder, args.steps, args.growth, args.tolerance))
+    print_extrapolation(folder, extrapolate_search(folder, args.steps, args.growth, args.tolerance, replace=args.replace))
     return 0
 
 

@@ -75,6 +75,8 @@ def add_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]"
                    help="share LayerNorm tensors too (BatchNorm is always per-instance)")
     p.add_argument("--freeze-shared", action="store_true",
                    help="mark inherited weights frozen: only adapters and per-instance norms train")
+    p.add_argument("--space", default=None, metavar="NAME|FILE",
+                   help="--to: the member's space (default: the one its JSON names)")
     p.add_argument("--out", required=True, metavar="FILE", help="where to write the grown model")
     p.set_defaults(func=run)
 
@@ -102,15 +104,20 @@ def run(args: argparse.Namespace) -> int:
 
 def _grow_to_member(args: argparse.Namespace) -> int:
     from scalenas.models.grow_member import grow_to
-    from scalenas.spaces.arch import read_arch
+    from scalenas.spaces.arch import load_arch
     from scalenas.spaces.flops import count_params
+    from scalenas.spaces.space import space_differences
 
     model = load_model(args.model)
     space_name = getattr(getattr(model, "subnet", None), "space", None)
     if space_name is None:
         raise ScalenasError(f"--to: {args.model} is not a scalenas CNN member (kind "
                             f"{getattr(model, 'model_kind', '?')!r})")
-    target = read_arch(args.to, None, allow_outside=True)
+    target, target_space = load_arch(args.to, args.space, allow_outside=True)
+    if model.space is not None and target_space.content_key != model.space.content_key:
+        raise ScalenasError(f"--to {args.to}: the member is of space {target_space.name!r} "
+                            f"({space_differences(model.space, target_space) or 'other content'}: model vs member); "
+                            "grow within one space")
     grown = grow_to(model, target, depth_init=args.depth_init or "copy", seed=args.seed)
     save_model(args.out, grown, extra={"source": f"grown from {args.model}"})
     print(f"grown {args.model} ({model.subnet.short()}) -> {args.out} ({target.short()}), "

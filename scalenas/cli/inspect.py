@@ -18,9 +18,10 @@ def _space_arg(args: argparse.Namespace):
 
 
 def _read_arch(args: argparse.Namespace, allow_outside: bool = True):
-    from scalenas.spaces.arch import read_arch
+    """(subnet, space) of ``--arch``: the space is ``--space`` when given, else the one the JSON names."""
+    from scalenas.spaces.arch import load_arch
 
-    return read_arch(args.arch, _space_arg(args), allow_outside=allow_outside)
+    return load_arch(args.arch, _space_arg(args), allow_outside=allow_outside)
 
 
 # ------------------------------------------------------------------ space show / list
@@ -64,7 +65,7 @@ def _fmt(n: float) -> str:
 def cmd_sample(args: argparse.Namespace) -> int:
     import random
 
-    from scalenas.spaces.arch import sample_subnet
+    from scalenas.spaces.arch import arch_record, sample_subnet
     from scalenas.spaces.flops import subnet_flops_params
     from scalenas.spaces.space import load_space
 
@@ -73,7 +74,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     for _ in range(args.n):
         stage, sub = sample_subnet(space, rng, stage=args.stage)
         flops, params = subnet_flops_params(space, sub)
-        row = sub.to_dict()
+        row = arch_record(sub, space)  # a user's space is named by its file (absolute path) and content key
         row.update({"stage": stage, "flops": flops, "params": params})
         print(json.dumps(row))
     return 0
@@ -83,10 +84,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_flops(args: argparse.Namespace) -> int:
     from scalenas.spaces.arch import derive_subnet
     from scalenas.spaces.flops import FLOPS_CONVENTION, flops_params, fvcore_flops
-    from scalenas.spaces.space import load_space
 
-    sub = _read_arch(args)
-    space = load_space(sub.space) if not args.space else _space_arg(args)
+    sub, space = _read_arch(args)
     derived = derive_subnet(space, sub)
     flops, params = flops_params(derived)
     out = {"arch": sub.to_dict(), "stage": space.stage_of(sub.depth, sub.width, sub.resolution),
@@ -112,7 +111,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     from scalenas.train.checkpoint import load_supernet
     from scalenas.spaces.flops import subnet_flops_params
     from scalenas.models.registry import save_model
-    from scalenas.spaces.space import load_space
     from scalenas.models.standalone import StandaloneNet
     from scalenas.models.supernet import export_subnet, fits_supernet
 
@@ -124,8 +122,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if fmt == "onnx":
         raise ScalenasError("--format onnx: export a model file (--model FILE); build it first with --arch ... "
                             "--out m.pt")
-    sub = _read_arch(args)
-    space = load_space(sub.space) if not args.space else _space_arg(args)
+    sub, space = _read_arch(args)
     if args.supernet:
         supernet = load_supernet(args.supernet, expect_space=space)
         if not fits_supernet(space, sub):

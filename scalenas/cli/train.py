@@ -12,7 +12,8 @@ from pathlib import Path
 
 from scalenas.cli.common import add_option_flags, given
 from scalenas.errors import ScalenasError
-from scalenas.train.config import DEFAULT_JOB, TrainConfig, load_job
+from scalenas.runs import SearchFolder
+from scalenas.train.config import DEFAULT_JOB, TrainConfig, follow_overrides, followed_record, load_job
 
 # TrainConfig keys that are flags of train (defaults, choices and help come from TrainConfig).
 FLAGS = ("data", "data_seed", "holdout_frac", "test_frac", "store_size", "augment", "flip", "source", "workers", "memory_limit_mb", "max_bad_frac", "rescan_data", "epochs", "steps", "batch_size", "optimizer", "lr", "schedule", "momentum",
@@ -41,8 +42,18 @@ def add_parser(sub) -> None:
     p.add_argument("--grow", action="store_true",
                    help="--family: s0 from scratch, each next member grown from the trained previous one")
     p.add_argument("--job", default=None, help="job YAML with the recipe (default: animals)")
-    add_option_flags(p, TrainConfig, FLAGS, help_overrides={
-        "data_seed": "seed of the train/holdout/test split (default: the job's data_seed, else its seed)"})
+    followed = "; when following a run (--family SEARCH_DIR, a member file of a search folder, --init supernet:RUN): " \
+        "the run's"
+    add_option_flags(p, TrainConfig, FLAGS, defaults=load_job(DEFAULT_JOB), defaults_name=f"jobs/{DEFAULT_JOB}.yaml",
+                     help_overrides={
+        "data_seed": "seed of the train/holdout/test split (default: the job's data_seed, else its seed" + followed
+                     + " split seed)",
+        "data": f"the data to train on (default: {load_job(DEFAULT_JOB).data}, from jobs/{DEFAULT_JOB}.yaml"
+                + followed + " data; another data path with the run's classes is accepted, another class count "
+                "refused)"})
+    p.add_argument("--space", default=None, metavar="NAME|FILE",
+                   help="the space of an architecture JSON (default: the one the JSON names: a shipped space, a YAML "
+                   "path, or the search folder's space.yaml)")
     p.add_argument("--out", default=None, help="run directory (default: results/runs/<time>-train-<name>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out (default: the most recent standalone run) from its checkpoint, "
@@ -58,15 +69,19 @@ def run(args: argparse.Namespace) -> int:
     from scalenas.train.standalone import train_standalone
 
     job = args.job if args.job is not None else DEFAULT_JOB
-    data_seed = args.data_seed
-    if data_seed is None:  # the split follows the job, so --seed 1, 2, 3 train on the same split
-        job_cfg = load_job(job)
-        data_seed = job_cfg.data_seed if job_cfg.data_seed is not None else job_cfg.seed
     overrides = given(args, FLAGS)
-    overrides["data_seed"] = data_seed
+    record, where = _followed(args)
+    if record is not None:  # the data, split and augmentation defaults of the run this model continues
+        overrides = follow_overrides(record, overrides)
+        print(f"data: {overrides['data']} (split seed {overrides.get('data_seed')}, {record['num_classes']} classes) "
+              f"as in {where}" + ("" if args.data is None else f"; the run's data: {record['data']}"))
+    if overrides.get("data_seed") is None:  # the split follows the job, so --seed 1, 2, 3 train on the same split
+        job_cfg = load_job(job)
+        overrides["data_seed"] = job_cfg.data_seed if job_cfg.data_seed is not None else job_cfg.seed
     cfg = load_job(job, overrides)
+    follow = None if record is None else {"record": record, "where": str(where)}
     if args.family is not None:
-        return _train_family(args, cfg)
+        return _train_family(args, cfg, record)
     if args.grow:
         raise ScalenasError("--grow applies to --family only")
     out = Path(args.out) if args.out else None
@@ -76,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.arch is None and args.init is None:
         raise ScalenasError("give --arch (an architecture JSON or a model file), or --resume")
     summary = train_standalone(cfg, args.arch, args.init, out, resume=args.resume, progress=not args.no_progress,
-                               freeze_shared=args.freeze_shared, extend_to=args.steps if args.resume else None)
+                               freeze_shared=args.freeze_shared, extend_to=args.steps if args.resume else None,
+                               space=args.space, follow=follow)
     if summary.get("already_finished"):
         from scalenas.cli.train_supernet import finished_note
 
@@ -94,14 +110,34 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_family(args: argparse.Namespace, cfg) -> int:
+def _followed(args: argparse.Namespace) -> tuple[dict | None, Path | None]:
+    """The data record of the run or search folder this command continues (None: it continues none)."""
+    if args.resume:
+        return None, None  # a resumed run follows its own saved recipe
+    source = None
+    if args.family is not None:
+        if not Path(args.family).is_dir():
+            raise ScalenasError(f"--family {args.family}: not a directory")
+        source = Path(args.family)
+    elif args.init is not None and args.init.startswith("supernet:"):
+        p = Path(args.init[len("supernet:"):])
+        source = p if p.is_dir() else p.parent
+    elif args.arch is not None and not args.arch.strip().startswith("{") and Path(args.arch).is_file() \
+            and SearchFolder.holds_search(Path(args.arch).parent):
+        source = Path(args.arch).parent
+    if source is None or not source.is_dir():
+        return None, None
+    return followed_record(source)
+
+
+def _train_family(args: argparse.Namespace, cfg, record: dict | None) -> int:
     from scalenas.train.family import total_compute, train_family
 
-    if args.arch or args.init or args.resume or args.freeze_shared:
-        raise ScalenasError("--family trains the search's members: drop --arch/--init/--resume/--freeze-shared "
-                            "(rerunning --family resumes it)")
+    if args.arch or args.init or args.resume or args.freeze_shared or args.space:
+        raise ScalenasError("--family trains the search's members: drop --arch/--init/--resume/--freeze-shared/"
+                            "--space (rerunning --family resumes it)")
     rows = train_family(args.family, cfg, grow=args.grow, progress=not args.no_progress,
-                        out_dir=Path(args.out) if args.out else None)
+                        out_dir=Path(args.out) if args.out else None, record=record)
     print(f"{'stage':>5} {'kind':>12} {'holdout':>8} {'test':>8} {'steps':>6} {'train s':>8}  init")
     for r in rows:
         print(f"{r['stage']:>5} {r['kind']:>12} {r['holdout_top1']:>8.4f} {r['test_top1']:>8.4f} {r['steps']:>6} "

@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
                        "Flags override the job file; the resolved config is written to the run directory.")
     p.add_argument("--job", default=None, help="job YAML (path, or a name in jobs/: animals, digits, cifar10, "
                    "imagenet); default: jobs/animals.yaml")
-    add_option_flags(p, TrainConfig, FLAGS)
+    add_option_flags(p, TrainConfig, FLAGS, defaults=load_job(DEFAULT_JOB), defaults_name=f"jobs/{DEFAULT_JOB}.yaml")
     p.add_argument("--out", default=None, help="run directory (default: a new folder under results/runs/)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out (default: the most recent run) from its checkpoint, with its "

@@ -75,26 +75,12 @@ def _copy_bn(dst: nn.BatchNorm2d, src: nn.BatchNorm2d, out_map: torch.Tensor) ->
     dst.num_batches_tracked.copy_(src.num_batches_tracked)
 
 
-def _copy_block(dst: IRBlock, src: IRBlock, in_map: torch.Tensor, out_map: torch.Tensor,
-                gen: torch.Generator) -> None:
-    """Widen block ``src`` into ``dst`` (same op): input group ``in_map``, output group ``out_map``."""
-    if dst.kernel != src.kernel or (dst.expand_conv is None) != (src.expand_conv is None) or \
-            (dst.se is None) != (src.se is None):
-        raise ScalenasError("internal: grown block and its source differ in op")
-    if src.expand_conv is not None:
-        hid_map = _mapping(src.dw_conv.out_channels, dst.dw_conv.out_channels, gen)
-        _copy_conv(dst.expand_conv, src.expand_conv, hid_map, in_map, gen)
-        _copy_bn(dst.expand_bn, src.expand_bn, hid_map)
-    else:
-        hid_map = in_map  # no expansion: the hidden width is the input group
-    _copy_conv(dst.dw_conv, src.dw_conv, hid_map, None, gen)
-    _copy_bn(dst.dw_bn, src.dw_bn, hid_map)
-    if src.se is not None:
-        se_map = _mapping(src.se.reduce.out_channels, dst.se.reduce.out_channels, gen)
-        _copy_conv(dst.se.reduce, src.se.reduce, se_map, hid_map, gen)
-        _copy_conv(dst.se.expand, src.se.expand, hid_map, se_map, gen)
-    _copy_conv(dst.project_conv, src.project_conv, out_map, hid_map, gen)
-    _copy_bn(dst.project_bn, src.project_bn, out_map)
+def _widen_block(dst: IRBlock, src: IRBlock, in_map: torch.Tensor, out_map: torch.Tensor,
+                 gen: torch.Generator) -> None:
+    """Widen block ``src`` into ``dst`` (same op): input group ``in_map``, output group ``out_map``; the block
+    walks its own tensors (:meth:`IRBlock.widen_from`), the replicas and fractions are this module's rule."""
+    dst.widen_from(src, in_map, out_map, lambda old, new: _mapping(old, new, gen),
+                   lambda rows, cols, old_in: _fractions(rows, cols, old_in, gen))
 
 
 def check_growth(source: Subnet, target: Subnet, space) -> None:
@@ -134,7 +120,7 @@ def grow_to(model: nn.Module, target: Subnet | dict[str, Any] | str, *, depth_in
         raise ScalenasError(f"grow --to needs a scalenas CNN member (kind 'cnn'), got a {kind!r} model")
     if depth_init not in DEPTH_INITS:
         raise ScalenasError(f"depth_init must be one of {', '.join(DEPTH_INITS)}, got {depth_init!r}")
-    space = load_space(model.subnet.space)
+    space = model.space if model.space is not None else load_space(model.subnet.space)  # a user's space too
     if isinstance(target, str):
         import json
 
@@ -148,7 +134,7 @@ def grow_to(model: nn.Module, target: Subnet | dict[str, Any] | str, *, depth_in
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     dropout = model.dropout.p if isinstance(model.dropout, nn.Dropout) else 0.0
-    grown = StandaloneNet(derive_subnet(space, target), dropout)
+    grown = StandaloneNet(derive_subnet(space, target), dropout, space)
     src, dst = model, grown
 
     # stem
@@ -160,16 +146,14 @@ def grow_to(model: nn.Module, target: Subnet | dict[str, Any] | str, *, depth_in
         out_map = _mapping(s_stage[0].out_channels, d_stage[0].out_channels, gen)
         for j, d_block in enumerate(d_stage):
             if j < len(s_stage):
-                _copy_block(d_block, s_stage[j], in_map if j == 0 else out_map, out_map, gen)
+                _widen_block(d_block, s_stage[j], in_map if j == 0 else out_map, out_map, gen)
                 continue
             # an extra layer: a copy of a same-op residual layer of this stage, adding zero at the start
             same = [b for b in list(s_stage)[1:] if b.kernel == d_block.kernel and
                     (b.se is None) == (d_block.se is None)]
             if same and depth_init == "copy":
-                _copy_block(d_block, same[-1], out_map, out_map, gen)
-            with torch.no_grad():
-                d_block.project_bn.weight.zero_()
-                d_block.project_bn.bias.zero_()
+                _widen_block(d_block, same[-1], out_map, out_map, gen)
+            d_block.zero_branch()
         in_map = out_map
     head_conv = src.head[0]
     with torch.no_grad():

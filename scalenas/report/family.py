@@ -21,11 +21,11 @@ import pandas as pd
 from scalenas.errors import ScalenasError
 from scalenas.io import atomic_write_bytes, atomic_write_csv, atomic_write_json, remove_file
 from scalenas.report.search_report import FAMILY_COLUMNS, family_frame, finish_plot, plot_pareto
-from scalenas.runs import RUNS_DIR, find_search_dir
+from scalenas.runs import RUNS_DIR, SearchFolder, find_search_dir
 from scalenas.search.extrapolate import MAX_GROWTH, MAX_STEPS, extrapolate
 from scalenas.spaces.arch import parse_subnet
 from scalenas.spaces.flops import FLOPS_CONVENTION
-from scalenas.spaces.space import load_space
+from scalenas.spaces.space import load_space, space_reference
 from scalenas.spaces.targets import format_flops
 from scalenas.train.checkpoint import checkpoint_space, read_checkpoint
 from scalenas.train.standalone import find_results
@@ -109,12 +109,16 @@ def read_search(folder: Path, require_done: bool = True) -> dict[str, Any]:
 
 
 def search_space(folder: Path, best: dict[str, Any]):
-    """The space of a search: the one stored in the search's supernet checkpoint, else the space by name.
+    """The space of a search: the folder's ``space.yaml``, else the one stored in the search's supernet checkpoint,
+    else the space by name.
 
     The checkpoint's space is what the search ran on (its YAML may since have moved, changed or gone, or a
     shipped space of the same name may hold other content, e.g. ``num_classes``); the name is the fallback for
     a search whose checkpoint is no longer there.
     """
+    own = SearchFolder(folder).space_file
+    if own.is_file():  # the search folder's own copy (written by the search: self-contained)
+        return load_space(str(own))
     ckpt = None
     try:
         ckpt = json.loads((folder / "search_config.json").read_text())["supernet"]
@@ -145,8 +149,11 @@ def default_growth(best: dict[str, Any], space) -> float:
 
 # ------------------------------------------------------------------------------------------ the command
 def extrapolate_search(folder: Path, steps: int, growth: float | None = None,
-                       tolerance: float | None = None) -> dict[str, Any]:
-    """Extrapolate the family of the search in ``folder`` and write the files; returns extrapolation.json."""
+                       tolerance: float | None = None, replace: bool = False) -> dict[str, Any]:
+    """Extrapolate the family of the search in ``folder`` and write the files; returns extrapolation.json.
+
+    Fewer ``steps`` than the folder already holds is refused (larger member files would go) unless ``replace``.
+    """
 
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
         raise ScalenasError(f"--steps must be an integer from 1 to {MAX_STEPS}, got {steps!r}")
@@ -165,6 +172,13 @@ def extrapolate_search(folder: Path, steps: int, growth: float | None = None,
     base = best["base"]
     members = extrapolate(space, base, chain, steps, growth=growth, tolerance=tol)
 
+    sf = SearchFolder(folder)
+    larger = sorted(int(p.stem[len("member_s"):]) for p in sf.member_files() if p.stem[len("member_s"):].isdigit())
+    last_new = max((int(m["stage"]) for m in members), default=len(chain))
+    if larger and larger[-1] > last_new and not replace:
+        raise ScalenasError(f"{folder} already holds extrapolated members up to s{larger[-1]}; --steps {steps} would "
+                            f"stop at s{last_new}: give --steps {steps + larger[-1] - last_new} (or more) to keep "
+                            "them, or --replace to drop the larger ones")
     fam_path = folder / "family.csv"  # read (and checked) before anything is written
     if fam_path.is_file():
         fam = read_family_csv(fam_path)
@@ -178,6 +192,9 @@ def extrapolate_search(folder: Path, steps: int, growth: float | None = None,
     written = []
     for m in members:
         arch = json.loads(m["arch"])
+        # the member rebuilds anywhere: its space is the folder's space.yaml (or embedded when there is none)
+        arch.update(space_reference(space, folder, file=sf.space_file if sf.space_file.is_file() else None,
+                                    embed=True))
         arch.update({"stage": m["stage"], "kind": "extrapolated", "flops": m["flops"], "params": m["params"],
                      "target_flops": m["target_flops"]})
         path = folder / f"member_s{m['stage']}.json"
@@ -231,13 +248,38 @@ def _canonical(arch: Any, space) -> str | None:
         return None
 
 
+def _fingerprint(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def search_data(folder: Path) -> dict[str, Any] | None:
+    """The data record the search's supernet trained on (None for a search written before records existed)."""
+    return SearchFolder(folder).data_record()
+
+
 def standalone_results(folder: Path, space) -> dict[str, dict[str, Any]]:
-    """canonical arch JSON -> {holdout_top1, test_top1, runs}: standalone.csv rows and result.json files."""
+    """canonical arch JSON -> {holdout_top1, test_top1, runs}: standalone.csv rows and result.json files.
+
+    One table never mixes datasets: when the search records its data (``data.json``), ``standalone.csv`` rows
+    trained on other data are refused (one line) and ``result.json`` files of other data are left out.
+    """
     rows: list[dict[str, Any]] = []
     seen_dirs: set[Path] = set()
+    record = search_data(folder)
+    want = record["fingerprint"] if record is not None else None
     sa = folder / "standalone.csv"
     if sa.is_file():
         frame = read_table(sa, (), "table of standalone results")
+        if "data_fingerprint" in frame.columns:
+            prints = sorted({f for f in map(_fingerprint, frame["data_fingerprint"]) if f})
+            if len(prints) > 1:
+                raise ScalenasError(f"{sa}: holds standalone results of {len(prints)} different datasets "
+                                    f"({', '.join(prints)}); one report shows one dataset: move the rows of the "
+                                    "other data to another folder")
+            if want is not None and prints and prints[0] != want:
+                raise ScalenasError(f"{sa}: standalone results of other data (fingerprint {prints[0]}) than the "
+                                    f"search's supernet ({record['data']}, fingerprint {want}); train the family "
+                                    "on the search's data (scalenas train --family follows it by default)")
         if "arch" in frame.columns and "holdout_top1" in frame.columns:
             for r in frame.to_dict("records"):
                 rows.append({"arch": r["arch"], "holdout_top1": r.get("holdout_top1"),
@@ -251,6 +293,8 @@ def standalone_results(folder: Path, space) -> dict[str, dict[str, Any]]:
             d = Path(res["run_dir"]).resolve()
             if d in seen_dirs or not res.get("arch_json"):
                 continue
+            if want is not None and _fingerprint(res.get("data_fingerprint")) != want:
+                continue  # trained on other (or unrecorded) data: not this search's table
             seen_dirs.add(d)
             rows.append({"arch": res["arch_json"], "holdout_top1": res.get("holdout_top1"),
                          "test_top1": res.get("test_top1")})

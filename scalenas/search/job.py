@@ -1,7 +1,7 @@
 """A whole search over a trained supernet: inputs, targets, the Ray evaluation pool and the driver.
 
 ``scalenas search`` and ``scalenas demo`` both call :func:`search_supernet`; they pass the report writer as
-``on_generation`` (the search layer never writes reports itself).
+``on_generation`` (the search layer never writes reports itself; the writer gets the search's results).
 """
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ from typing import Any, Callable
 from scalenas.errors import ScalenasError
 from scalenas.io import atomic_write_json, folder_lock, remove_file, remove_stale_temps
 from scalenas.options import check_options, option
-from scalenas.runs import SUPERNET_CKPT, latest_run
+from scalenas.runs import SUPERNET_CKPT, RunFolder, SearchFolder, latest_run
 from scalenas.search.driver import run_search
 from scalenas.search.fitness import SupernetEvaluator
 from scalenas.search.raypool import EvaluatorPool, default_workers
+from scalenas.search.results import SearchResults
 from scalenas.search.strategies import make_strategy, strategy_names
 from scalenas.search.strategy import SearchOptions, Strategy
 from scalenas.spaces.flops import FLOPS_CONVENTION
@@ -125,15 +126,29 @@ def reports_complete(out_dir: Path) -> bool:
         return False
 
 
+def write_search_inputs(out_dir: Path, run_dir: Path, space) -> None:
+    """The search folder's own copies of what it was run on: the space (``space.yaml``, num_classes fitted to the
+    data) and the run's data record (``data.json``), so member files and ``train --family`` never depend on the
+    run folder staying where it is (:class:`~scalenas.runs.SearchFolder`)."""
+    from scalenas.train.config import legacy_data_record
+
+    folder = SearchFolder(out_dir)
+    folder.write_space(space.raw)
+    record = RunFolder(run_dir).data_record() or legacy_data_record(run_dir)
+    if record is not None:
+        folder.write_data_record(record)
+
+
 def search_supernet(ckpt: Path, run_dir: Path, target_flops: str, *, strategy: str = "markov",
                     options: SearchOptions | None = None, evaluation: EvaluationSettings | None = None,
                     stages: int | None = None, growth: float | None = None, out: str | Path | None = None,
                     resume: bool = False, force: bool = False, progress: bool = True,
-                    on_generation: Callable[[Path, Strategy], Any] | None = None,
+                    on_generation: Callable[[Path, SearchResults], Any] | None = None,
                     announce: Callable[[str], None] = print) -> dict[str, Any]:
     """Search a family on the supernet ``ckpt``; returns the driver's result plus ``out_dir``, ``seconds``.
 
-    ``on_generation(out_dir, strategy)`` runs after every generation (``scalenas search`` writes its reports).
+    ``on_generation(out_dir, results)`` runs after every generation with the search's
+    :class:`~scalenas.search.results.SearchResults` (``scalenas search`` writes its reports).
     Nothing is written or deleted before the inputs, the targets and the evaluation pool are in place.
     """
     import torch
@@ -174,8 +189,10 @@ def search_supernet(ckpt: Path, run_dir: Path, target_flops: str, *, strategy: s
         if force and not resume:
             for name in REPORT_FILES:
                 remove_file(out_dir / name)
+        write_search_inputs(out_dir, run_dir, space)
         atomic_write_json(out_dir / "search_config.json", {
-            "supernet": str(ckpt), "space": space.name, "strategy": strategy, "targets": targets,
+            "supernet": str(Path(ckpt).resolve()), "run_dir": str(Path(run_dir).resolve()), "space": space.name,
+            "space_key": space.content_key, "strategy": strategy, "targets": targets,
             "options": recorded_options, "workers": workers, "threads_per_worker": evaluation.threads_per_worker,
             "ray_address": evaluation.ray_address, "device": device, "calib_batches": evaluation.calib_batches,
             "metric": recorded_options["metric"],

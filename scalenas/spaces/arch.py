@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from scalenas.errors import ScalenasError
-from scalenas.spaces.space import SearchSpace, load_space, snap_multiplier
+from scalenas.spaces.space import (SPACE_REF_FIELDS, SearchSpace, resolve_space_ref, snap_multiplier,
+                                   space_reference)
 
 Base = tuple[tuple[str, ...], ...]
 
@@ -57,7 +58,7 @@ def base_to_json(base: Base) -> list[list[str]]:
 
 
 def parse_subnet(obj: Any, space: SearchSpace | None = None, *, allow_outside: bool = False,
-                 source: str = "architecture") -> Subnet:
+                 source: str = "architecture", base_dir: str | Path | None = None) -> Subnet:
     """Read a subnet from a dict (parsed JSON), validate it against its space and return it.
 
     ``allow_outside`` admits multipliers/resolutions outside the space's lists (extrapolated members, which
@@ -67,10 +68,8 @@ def parse_subnet(obj: Any, space: SearchSpace | None = None, *, allow_outside: b
         raise ScalenasError(f"{source}: expected a JSON object with space, base, depth, width, resolution")
     name = obj.get("space")
     if space is None:
-        if not isinstance(name, str):
-            raise ScalenasError(f"{source}: field 'space' missing; give --space or name the space in the JSON")
-        space = load_space(name)
-    elif name is not None and name != space.name:
+        space = resolve_space_ref(obj, base_dir, source)
+    elif name is not None and name != space.name and not (isinstance(name, str) and _names_file_of(name, space)):
         raise ScalenasError(f"{source}: field 'space' is {name!r} but the space given is {space.name!r}")
     base_raw = obj.get("base")
     if not isinstance(base_raw, list):
@@ -114,7 +113,7 @@ def parse_subnet(obj: Any, space: SearchSpace | None = None, *, allow_outside: b
     else:
         sc = space.scaling[stage]
         d, w = snap_multiplier(d, sc.depth), snap_multiplier(w, sc.width)
-    extra = set(obj) - {"space", "base", "depth", "width", "resolution"}
+    extra = set(obj) - {"base", "depth", "width", "resolution", *SPACE_REF_FIELDS}
     del extra  # further fields are allowed (docs/method.md) and ignored here
     return Subnet(space.name, tuple(base), d, w, r)
 
@@ -149,15 +148,38 @@ def _describe_options(space: SearchSpace) -> str:
     return "; ".join(parts)
 
 
+def _names_file_of(name: str, space: SearchSpace) -> bool:
+    """Whether ``name`` (an architecture's 'space' field) is a path to a YAML of the space's name."""
+    return name.endswith((".yaml", ".yml")) and Path(name).stem == space.name
+
+
+def arch_record(subnet: Subnet, space: SearchSpace, relative_to: str | Path | None = None, *,
+                space_file: str | Path | None = None, embed: bool = False) -> dict[str, Any]:
+    """The architecture JSON of ``subnet`` with what rebuilds its space anywhere (:func:`space_reference`)."""
+    return {**subnet.to_dict(), **space_reference(space, relative_to, file=space_file, embed=embed)}
+
+
 def read_arch(text_or_path: str, space: SearchSpace | None = None, *, allow_outside: bool = False) -> Subnet:
     """An architecture given as a JSON file path or an inline JSON string."""
+    return load_arch(text_or_path, space, allow_outside=allow_outside)[0]
+
+
+def load_arch(text_or_path: str, space: SearchSpace | str | None = None, *,
+              allow_outside: bool = False) -> tuple[Subnet, SearchSpace]:
+    """(subnet, its space) from a JSON file path or an inline JSON string.
+
+    The space is ``space`` when given (a command's ``--space``), else the one the JSON names
+    (:func:`~scalenas.spaces.space.resolve_space_ref`: relative references are resolved next to the file).
+    """
     text = text_or_path.strip()
     source = "architecture"
+    base_dir = None
     if not text.startswith("{"):
         p = Path(text_or_path)
         if not p.is_file():
             raise ScalenasError(f"architecture file not found: {text_or_path} (give a file or inline JSON)")
         source = str(p)
+        base_dir = p.parent
         try:
             text = p.read_text()
         except (OSError, UnicodeDecodeError) as exc:
@@ -169,7 +191,10 @@ def read_arch(text_or_path: str, space: SearchSpace | None = None, *, allow_outs
             from None
     except (ValueError, RecursionError) as exc:  # e.g. an integer of more than 4300 digits
         raise ScalenasError(f"{source}: malformed JSON ({str(exc).splitlines()[0][:120]})") from None
-    return parse_subnet(obj, space, allow_outside=allow_outside, source=source)
+    if not isinstance(obj, dict):
+        raise ScalenasError(f"{source}: expected a JSON object with space, base, depth, width, resolution")
+    resolved = resolve_space_ref(obj, base_dir, source, override=space)
+    return parse_subnet(obj, resolved, allow_outside=allow_outside, source=source), resolved
 
 
 # ---------------------------------------------------------------------- derivation (docs/method.md)

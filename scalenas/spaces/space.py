@@ -17,6 +17,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -327,6 +328,136 @@ def load_space(name_or_path: str | SearchSpace) -> SearchSpace:
     space = space_from_dict(data, str(path))
     _CACHE[key] = (text, space)
     return space
+
+
+# ------------------------------------------------------------------------------------------ references
+# An architecture JSON names its space by these fields (docs/method.md, "The architecture JSON"):
+#   space       the space's name (a shipped space), or a path to its YAML (relative to the JSON, else to the cwd)
+#   space_key   the space's content_key: the space found must have this content
+#   space_file  a YAML file holding the space, relative to the JSON (a search folder's space.yaml) or absolute
+#   space_yaml  the space itself, embedded (when no file holds its content, e.g. num_classes fitted to the data)
+SPACE_REF_FIELDS = ("space", "space_key", "space_file", "space_yaml")
+
+
+def _same_content_file(space: SearchSpace) -> Path | None:
+    """A YAML file (the space's own, or the shipped one of its name) holding exactly the space's content."""
+    for ref in dict.fromkeys(r for r in (space.path, space.name) if isinstance(r, str) and r and r != "<dict>"):
+        try:
+            if load_space(ref).content_key == space.content_key:
+                return resolve_space_path(ref)
+        except ScalenasError:
+            continue
+    return None
+
+
+def is_shipped_file(path: str | Path) -> bool:
+    try:
+        return Path(path).resolve().parent == SPACES_DIR.resolve()
+    except OSError:
+        return False
+
+
+def space_reference(space: SearchSpace, relative_to: str | Path | None = None, *,
+                    file: str | Path | None = None, embed: bool = False) -> dict[str, Any]:
+    """The fields an architecture JSON carries so that it rebuilds in ``space`` on any machine.
+
+    ``file``: a YAML file holding the space (e.g. the search folder's ``space.yaml``), referenced relative to
+    ``relative_to`` (the JSON's folder) when given; otherwise the space's own file if it still holds the same
+    content (a shipped space is named only), else the space is embedded (``space_yaml``). ``embed``: embed every
+    space but a shipped one (model files, which must rebuild on any machine).
+    """
+    ref: dict[str, Any] = {"space": space.name, "space_key": space.content_key}
+    target = Path(file) if file is not None else _same_content_file(space)
+    if target is None or (embed and file is None and not is_shipped_file(target)):
+        ref["space_yaml"] = dict(space.raw)
+    elif file is not None or not is_shipped_file(target):
+        if relative_to is not None:
+            try:
+                ref["space_file"] = Path(os.path.relpath(Path(target).resolve(), Path(relative_to).resolve())) \
+                    .as_posix()
+            except ValueError:  # another drive (Windows)
+                ref["space_file"] = str(Path(target).resolve())
+        else:
+            ref["space_file"] = str(Path(target).resolve())
+    return ref
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.endswith((".yaml", ".yml")) or "/" in name or os.sep in name
+
+
+def resolve_space_ref(obj: dict[str, Any], base_dir: str | Path | None = None, source: str = "architecture",
+                      override: SearchSpace | str | None = None) -> SearchSpace:
+    """The space an architecture JSON ``obj`` belongs to (see :data:`SPACE_REF_FIELDS`).
+
+    ``base_dir``: the folder of the JSON file (relative references are resolved there first). ``override`` (a
+    command's ``--space``) wins; a space found by name or path must have the JSON's ``space_key`` when it gives
+    one. One clear line when the space cannot be found or does not match.
+    """
+    key = obj.get("space_key")
+    if key is not None and not isinstance(key, str):
+        raise ScalenasError(f"{source}: field 'space_key' must be a string")
+    if override is not None:
+        space = load_space(override)
+        if key and space.content_key != key:
+            import warnings
+
+            warnings.warn(f"{source}: using --space {space.path or space.name} although the architecture was made "
+                          f"in a space of other content (space_key {key[:12]}... vs {space.content_key[:12]}...)",
+                          stacklevel=2)
+        return space
+    base = Path(base_dir) if base_dir is not None else None
+    embedded = obj.get("space_yaml")
+    if embedded is not None:
+        space = space_from_dict(embedded, f"{source}[space_yaml]")
+        if key and space.content_key != key:
+            raise ScalenasError(f"{source}: the embedded space_yaml does not have the content of space_key {key}")
+        return space
+    file = obj.get("space_file")
+    if file is not None:
+        if not isinstance(file, str) or not file:
+            raise ScalenasError(f"{source}: field 'space_file' must be a path")
+        p = Path(file)
+        if not p.is_absolute() and base is not None:
+            p = base / p
+        if not p.is_file():
+            raise ScalenasError(f"{source}: its space file {p} is missing and the space is not embedded "
+                                "(give --space NAME|FILE)")
+        space = load_space(str(p))
+        if key and space.content_key != key:
+            raise ScalenasError(f"{source}: space file {p} does not hold the architecture's space (space_key "
+                                f"{key[:12]}... vs {space.content_key[:12]}... of the file: it was edited)")
+        return space
+    name = obj.get("space")
+    if not isinstance(name, str) or not name:
+        raise ScalenasError(f"{source}: field 'space' missing; give --space or name the space in the JSON")
+    candidates: list[str] = []
+    sibling = base / "space.yaml" if base is not None else None
+    if _looks_like_path(name):
+        if base is not None and not Path(name).is_absolute():
+            candidates.append(str(base / name))
+        candidates.append(name)
+    else:
+        if sibling is not None and sibling.is_file():
+            candidates.append(str(sibling))  # a search folder's own space (num_classes fitted to its data)
+        candidates.append(name)
+    errors = []
+    for ref in candidates:
+        try:
+            space = load_space(ref)
+        except ScalenasError as exc:
+            errors.append(str(exc))
+            continue
+        if ref == str(sibling) and space.name != name:
+            continue
+        if key and space.content_key != key:
+            errors.append(f"{ref} holds other content than the architecture's space_key")
+            continue
+        return space
+    if key:
+        raise ScalenasError(f"{source}: no space of name {name!r} with the architecture's content (space_key "
+                            f"{key[:12]}...) was found; give --space FILE")
+    raise ScalenasError(errors[-1] if errors else f"{source}: unknown search space {name!r}")
 
 
 def space_from_dict(data: Any, path: str = "<dict>") -> SearchSpace:

@@ -5,6 +5,8 @@ Precedence: defaults < job file < command-line flags. The resolved config is wri
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from scalenas.data.datasets import SOURCES, DataSplits, load_data
 from scalenas.errors import ScalenasError
 from scalenas.options import check_options, check_value, coerce_option, option
 from scalenas.resources import JOBS, shipped_dir
+from scalenas.runs import DATA_RECORD_FORMAT, RunFolder, SearchFolder
 from scalenas.train.optim import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, OPTIMIZERS, SCHEDULES
 
 JOBS_DIR = shipped_dir(JOBS)  # the shipped job files (package data)
@@ -174,6 +177,106 @@ def data_options(cfg: TrainConfig | dict[str, Any]) -> dict[str, Any]:
             "holdout_frac": get("holdout_frac"), "test_frac": get("test_frac"), "store_size": get("store_size"),
             "source": get("source"), "memory_limit_mb": get("memory_limit_mb"), "workers": get("workers"),
             "max_bad_frac": get("max_bad_frac"), "augment": augment, "flip": get("flip")}
+
+
+# ------------------------------------------------------------------------------------------ the data a run follows
+# The keys a run fixes for every command that continues it (``train --family``, ``train --arch`` of a member file,
+# ``train --init supernet:RUN``, ``report``): they come from the run's data record unless given as flags.
+FOLLOW_KEYS = ("data", "data_seed", "holdout_frac", "test_frac", "store_size", "augment", "flip")
+EMBEDDED_DATA = ("digits", "animals")  # names of the datasets shipped inside the package
+
+
+def data_fingerprint(classes: list[str], class_counts: list[int]) -> str:
+    """What identifies a dataset's content for reports: its class list and images per class (any split)."""
+    doc = json.dumps({"classes": list(classes), "counts": [int(c) for c in class_counts]}, sort_keys=True)
+    return hashlib.sha256(doc.encode()).hexdigest()[:16]
+
+
+def _total_counts(info: dict[str, Any], n: int) -> list[int]:
+    counts = [0] * n
+    for per_split in (info.get("class_counts") or {}).values():
+        for i, c in enumerate(per_split[:n]):
+            counts[i] += int(c)
+    return counts
+
+
+def data_record(cfg: TrainConfig, data: DataSplits) -> dict[str, Any]:
+    """The run's data record (:class:`scalenas.runs.RunFolder`): what it trained on, how it was split, and a
+    fingerprint of the content; an on-disk dataset is named by its absolute path, so any folder can follow it."""
+    ref = cfg.data if cfg.data in EMBEDDED_DATA and not Path(cfg.data).exists() else str(Path(cfg.data).resolve())
+    counts = _total_counts(data.info, data.num_classes)
+    return {"format": DATA_RECORD_FORMAT, "data": ref, "classes": list(data.classes),
+            "num_classes": int(data.num_classes), "in_channels": int(data.in_channels),
+            "class_counts": counts, "fingerprint": data_fingerprint(data.classes, counts),
+            "data_seed": cfg.seed if cfg.data_seed is None else cfg.data_seed, "holdout_frac": cfg.holdout_frac,
+            "test_frac": cfg.test_frac, "store_size": cfg.store_size, "augment": cfg.augment, "flip": cfg.flip}
+
+
+def legacy_data_record(run_dir: Path) -> dict[str, Any] | None:
+    """A data record rebuilt from an older run's ``config.yaml`` + ``split.json`` (None when they are missing)."""
+    run = RunFolder(run_dir)
+    try:
+        cfg = yaml.safe_load(run.file(run.CONFIG).read_text())
+        info = json.loads(run.file(run.SPLIT).read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    if not isinstance(cfg, dict) or not isinstance(info, dict) or not isinstance(info.get("classes"), list):
+        return None
+    classes = [str(c) for c in info["classes"]]
+    counts = _total_counts(info, len(classes))
+    data = str(cfg.get("data", ""))
+    return {"format": DATA_RECORD_FORMAT, "data": data, "classes": classes, "num_classes": len(classes),
+            "in_channels": int(info.get("in_channels") or 0), "class_counts": counts,
+            "fingerprint": data_fingerprint(classes, counts),
+            "data_seed": info.get("seed", cfg.get("data_seed")), "holdout_frac": cfg.get("holdout_frac"),
+            "test_frac": cfg.get("test_frac"), "store_size": cfg.get("store_size"),
+            "augment": cfg.get("augment"), "flip": cfg.get("flip"), "rebuilt_from": "config.yaml + split.json"}
+
+
+def followed_record(run_or_search: str | Path) -> tuple[dict[str, Any] | None, Path]:
+    """(data record, folder it came from) of a run or a search folder; None for a folder with no record."""
+    p = Path(run_or_search)
+    if SearchFolder.holds_search(p):
+        folder = SearchFolder(p)
+        rec = folder.data_record()
+        if rec is not None:
+            return rec, p
+        run = folder.run_dir()
+        if run is not None and run.is_dir():
+            return legacy_data_record(run), run
+        return None, p
+    rec = RunFolder(p).data_record()
+    return (rec if rec is not None else legacy_data_record(p)), p
+
+
+def follow_overrides(record: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """The flags a following command uses: the run's data keys, unless given on the command line."""
+    out = dict(given)
+    for k in FOLLOW_KEYS:
+        if k not in given and k in record:
+            out[k] = record[k]
+    return out
+
+
+def check_follows(record: dict[str, Any], data: DataSplits, where: str) -> list[str]:
+    """Refuse (one line) data that cannot stand in for the record's: another class count, class list or channel
+    count. Returns warnings (the same classes with other content: moved *and* changed data)."""
+    name = record.get("data")
+    if data.num_classes != record["num_classes"]:
+        raise ScalenasError(f"data {data.name} has {data.num_classes} classes but {where} was trained on {name} "
+                            f"with {record['num_classes']} classes")
+    if list(data.classes) != list(record["classes"]):
+        diff = next(i for i, (a, b) in enumerate(zip(data.classes, record["classes"])) if a != b)
+        raise ScalenasError(f"data {data.name} has other classes than {name}, which {where} was trained on (class "
+                            f"{diff}: {data.classes[diff]!r} vs {record['classes'][diff]!r})")
+    if record.get("in_channels") and data.in_channels != record["in_channels"]:
+        raise ScalenasError(f"data {data.name} has {data.in_channels} input channels but {where} was trained on "
+                            f"{name} with {record['in_channels']}")
+    counts = _total_counts(data.info, data.num_classes)
+    if data_fingerprint(data.classes, counts) != record["fingerprint"]:
+        return [f"data {data.name} has the classes of {name} ({where}) but other images per class: not the same "
+                "data; its results are reported apart"]
+    return []
 
 
 def load_run_data(cfg: TrainConfig, in_channels: int, out_dir: Path, device) -> DataSplits:

@@ -21,14 +21,14 @@ from scalenas.errors import ScalenasError
 from scalenas.io import atomic_write_csv
 from scalenas.models.grow_member import grow_to
 from scalenas.models.registry import load_model, save_model
-from scalenas.runs import STANDALONE_CKPT
+from scalenas.runs import STANDALONE_CKPT, SearchFolder
 from scalenas.spaces.arch import derive_subnet, parse_subnet
-from scalenas.spaces.space import load_space
-from scalenas.train.config import TrainConfig
+from scalenas.spaces.space import SearchSpace, load_space, resolve_space_ref
+from scalenas.train.config import TrainConfig, followed_record
 from scalenas.train.standalone import RESULT_NAME, train_standalone
 
 STANDALONE_COLUMNS = ["stage", "kind", "arch", "holdout_top1", "test_top1", "run_dir", "init", "steps",
-                      "train_seconds", "block_steps"]
+                      "train_seconds", "block_steps", "data_fingerprint"]
 
 
 def family_members(search_dir: str | Path) -> list[dict[str, Any]]:
@@ -62,16 +62,25 @@ def family_members(search_dir: str | Path) -> list[dict[str, Any]]:
     return members
 
 
-def _block_steps(model_arch: dict[str, Any], steps: int) -> int:
+def member_space(folder: Path, arch: dict[str, Any]) -> SearchSpace:
+    """The space of a member of the search in ``folder``: what its row names, else the folder's space.yaml."""
+    return resolve_space_ref(arch, folder, f"{folder / SearchFolder.FAMILY} (stage {arch.get('stage', '?')})")
+
+
+def _block_steps(model_arch: dict[str, Any], steps: int, space: SearchSpace | None = None) -> int:
     """Training compute in block-steps: IR blocks of the member x optimiser steps (the growth evidence's unit)."""
-    space = load_space(model_arch["space"])
+    space = space if space is not None else load_space(model_arch["space"])
     return len(derive_subnet(space, parse_subnet(model_arch, space, allow_outside=True)).layers) * int(steps)
 
 
 def train_family(search_dir: str | Path, cfg: TrainConfig, *, grow: bool = False, depth_init: str = "copy",
                  stages: list[int] | None = None, progress: bool = True, out_dir: str | Path | None = None,
-                 ) -> list[dict[str, Any]]:
+                 record: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Train every member (or ``stages``) of the search's family; returns the standalone.csv rows.
+
+    ``cfg`` should follow the search's data (:func:`scalenas.train.config.follow_overrides`); ``record`` (default:
+    the search folder's data record) is checked against the data each member loads: another class list, channel
+    count or content is refused before training, so standalone.csv holds results of the search's data only.
 
     ``grow``: member k+1 starts from member k's trained weights (:func:`grow_to`); the first member trained
     always starts from scratch. Resumable: a member with ``result.json`` is reused, one with a checkpoint resumed.
@@ -82,10 +91,14 @@ def train_family(search_dir: str | Path, cfg: TrainConfig, *, grow: bool = False
         members = [m for m in members if m["stage"] in set(stages)]
         if not members:
             raise ScalenasError(f"--family {folder}: none of stages {stages} is in the family")
+    if record is None:
+        record = followed_record(folder)[0]
+    follow = {"record": record, "where": f"the search {folder}", "strict": True}
     root = Path(out_dir) if out_dir is not None else folder / f"family-{'grown' if grow else 'scratch'}"
     rows: list[dict[str, Any]] = []
     previous: Path | None = None  # final.pt of the previous member
     for m in members:
+        space = member_space(folder, m["arch"])
         run = root / f"s{m['stage']}"
         result_path = run / RESULT_NAME
         if result_path.is_file():
@@ -100,7 +113,7 @@ def train_family(search_dir: str | Path, cfg: TrainConfig, *, grow: bool = False
                 save_model(grown_file, grown, extra={"source": f"grown from {previous}"})
                 arch_arg, init = str(grown_file), None
             summary = train_standalone(cfg, None if resume else arch_arg, None if resume else init, out_dir=run,
-                                       resume=resume, progress=progress)
+                                       resume=resume, progress=progress, space=space, follow=follow)
             if not summary["finished"]:
                 raise KeyboardInterrupt
             result = summary["result"]
@@ -109,7 +122,8 @@ def train_family(search_dir: str | Path, cfg: TrainConfig, *, grow: bool = False
                      "holdout_top1": result.get("holdout_top1"), "test_top1": result.get("test_top1"),
                      "run_dir": str(run), "init": result.get("init"), "steps": result.get("steps"),
                      "train_seconds": result.get("train_seconds"),
-                     "block_steps": _block_steps(m["arch"], result.get("steps") or 0)})
+                     "block_steps": _block_steps(m["arch"], result.get("steps") or 0, space),
+                     "data_fingerprint": result.get("data_fingerprint")})
         _write_standalone(folder, rows)
     return rows
 

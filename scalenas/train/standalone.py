@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,11 +39,11 @@ from scalenas.errors import ScalenasError
 from scalenas.io import (atomic_torch_save, atomic_write_json, atomic_write_text, folder_lock, make_dir,
                          remove_stale_temps, safe_torch_load, seed_everything)
 from scalenas.models.registry import load_model, model_class, model_kinds, save_model
-from scalenas.runs import RUNS_DIR, STANDALONE_CKPT, latest_run, new_run_dir
-from scalenas.spaces.arch import Subnet, derive_subnet, read_arch
+from scalenas.runs import RUNS_DIR, STANDALONE_CKPT, RunFolder, latest_run, new_run_dir
+from scalenas.spaces.arch import Subnet, arch_record, derive_subnet, load_arch
 from scalenas.spaces.flops import FLOPS_CONVENTION, count_params, fvcore_flops, subnet_flops_params
 from scalenas.spaces.space import SearchSpace, load_space
-from scalenas.train.config import TrainConfig, dump_config, load_run_data
+from scalenas.train.config import TrainConfig, check_follows, data_record, dump_config, load_run_data
 from scalenas.train.evaluate import accuracy
 from scalenas.train.loop import (LoopState, Precision, StepResult, common_payload, resolve_device, restore,
                                  resumed_config, resumed_total, run_loop, total_steps)
@@ -70,7 +71,7 @@ class ModelSpec:
 
     def arch_record(self) -> dict[str, Any]:
         if self.kind == "cnn" and self.subnet is not None:
-            return self.subnet.to_dict()
+            return self.subnet.to_dict() if self.space is None else arch_record(self.subnet, self.space, embed=True)
         return {"kind": self.kind, "config": self.model.to_config()}
 
 
@@ -88,7 +89,7 @@ def describe_model(model: nn.Module, name: str, init: str) -> ModelSpec:
     subnet = getattr(inner, "subnet", None)
     if subnet is not None:  # a StandaloneNet (possibly grown)
         d = inner.derived
-        space = load_space(subnet.space)
+        space = getattr(inner, "space", None) or load_space(subnet.space)
         return ModelSpec(model, kind, name, d.resolution, d.in_channels, d.num_classes, init, subnet, space)
     cfg = getattr(inner, "config", None)
     if cfg is not None and hasattr(cfg, "image_size"):  # a ViT (possibly grown)
@@ -142,8 +143,13 @@ def _from_supernet(ckpt: str, sub: Subnet, space: SearchSpace) -> nn.Module:
 
 
 def build_model(arch: str | None, init: str | None, seed: int = 0, dropout: float | None = None,
-                freeze_shared: bool = False) -> ModelSpec:
-    """The model ``scalenas train`` trains, from ``--arch`` / ``--init`` (see the module docstring)."""
+                freeze_shared: bool = False, space: SearchSpace | str | None = None) -> ModelSpec:
+    """The model ``scalenas train`` trains, from ``--arch`` / ``--init`` (see the module docstring).
+
+    ``space``: the space of an architecture JSON (``--space``); by default the one the JSON names
+    (:func:`~scalenas.spaces.arch.load_arch`: a shipped name, the user's YAML, a search folder's space.yaml).
+    """
+    space_override = space
     if init is not None and not str(init).strip():
         raise ScalenasError("--init: empty (give scratch, supernet:CKPT or a model file)")
     if arch is None and (init is None or init == "scratch" or str(init).startswith("supernet:")):
@@ -165,8 +171,7 @@ def build_model(arch: str | None, init: str | None, seed: int = 0, dropout: floa
     elif arch is not None and _is_json_text(arch):
         from scalenas.models.standalone import StandaloneNet
 
-        sub = read_arch(arch, None, allow_outside=True)
-        space = load_space(sub.space)
+        sub, space = load_arch(arch, space_override, allow_outside=True)
         name = _name_of(arch, f"{space.name}-r{sub.resolution}")
         if init is None or init == "scratch":
             model = StandaloneNet.from_subnet(space, sub, dropout)
@@ -307,13 +312,18 @@ class StandaloneStep:
 def train_standalone(cfg: TrainConfig, arch: str | None = None, init: str | None = None,
                      out_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
                      stop_after: int | None = None, freeze_shared: bool = False,
-                     extend_to: int | None = None) -> dict[str, Any]:
+                     extend_to: int | None = None, space: SearchSpace | str | None = None,
+                     follow: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train (or resume) one standalone model; returns a summary dict (``result`` holds the top-1s).
 
     ``stop_after`` simulates an interruption after that many steps (checkpoint saved, ``finished`` False). On
     resume the run's saved recipe wins; a finished run is left as it is (``already_finished`` in the summary,
     every file unchanged) unless ``extend_to`` (``--steps`` with ``--resume``) exceeds its total. The run folder
     is locked while this runs (:func:`~scalenas.io.folder_lock`); stale temp files are removed.
+
+    ``follow``: ``{"record": data record, "where": what it belongs to, "strict": bool}`` of the run or search
+    this model continues: the data loaded must have its classes and channels (else one line, before anything
+    is written); ``strict`` also refuses the same classes with other content.
     """
     device = resolve_device(cfg.device)
     if cfg.threads:
@@ -326,18 +336,19 @@ def train_standalone(cfg: TrainConfig, arch: str | None = None, init: str | None
         if not (out_dir / TRAIN_CKPT_NAME).is_file():
             raise ScalenasError(f"--resume: nothing to resume in {out_dir} (no {TRAIN_CKPT_NAME})")
     else:
-        spec = build_model(arch, init, cfg.seed, cfg.dropout, freeze_shared)
+        spec = build_model(arch, init, cfg.seed, cfg.dropout, freeze_shared, space)
         out_dir = Path(out_dir) if out_dir is not None else new_run_dir(f"train-{spec.name}")
         if (out_dir / TRAIN_CKPT_NAME).exists():
             raise ScalenasError(f"{out_dir} already holds a training run; use --resume or another --out")
     out_dir = Path(out_dir)
     with folder_lock(out_dir, "training run"):
         remove_stale_temps(out_dir)
-        return _train_standalone(cfg, spec, out_dir, device, progress, stop_after, extend_to)
+        return _train_standalone(cfg, spec, out_dir, device, progress, stop_after, extend_to, follow)
 
 
 def _train_standalone(cfg: TrainConfig, spec: ModelSpec | None, out_dir: Path, device: torch.device,
-                      progress: bool, stop_after: int | None, extend_to: int | None) -> dict[str, Any]:
+                      progress: bool, stop_after: int | None, extend_to: int | None,
+                      follow: dict[str, Any] | None = None) -> dict[str, Any]:
     payload = None
     if spec is None:  # resume
         ckpt_path = out_dir / TRAIN_CKPT_NAME
@@ -352,9 +363,15 @@ def _train_standalone(cfg: TrainConfig, spec: ModelSpec | None, out_dir: Path, d
         spec = _rebuild(payload, ckpt_path)
     data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
     data = load_run_data(cfg, spec.in_channels, out_dir, device)
+    if follow is not None and follow.get("record") is not None:
+        for note in check_follows(follow["record"], data, follow.get("where", "the run")):
+            if follow.get("strict"):
+                raise ScalenasError(note)
+            warnings.warn(note, stacklevel=2)
     if data.num_classes != spec.num_classes:
         raise ScalenasError(f"data {cfg.data} has {data.num_classes} classes but the model has {spec.num_classes} "
                             "outputs")
+    record = data_record(cfg, data)
 
     seed_everything(cfg.seed)
     precision = Precision(cfg, device, channels_last=spec.kind != "vit")
@@ -376,6 +393,7 @@ def _train_standalone(cfg: TrainConfig, spec: ModelSpec | None, out_dir: Path, d
     make_dir(out_dir)
     atomic_write_text(out_dir / "config.yaml", dump_config(cfg))
     data.save_info(out_dir / "split.json")
+    RunFolder(out_dir).write_data_record(record)
     atomic_write_json(out_dir / "arch.json", spec.arch_record())
 
     def save(finished: bool) -> None:
@@ -403,7 +421,8 @@ def _train_standalone(cfg: TrainConfig, spec: ModelSpec | None, out_dir: Path, d
         "space": spec.space.name if spec.space is not None else None, "init": spec.init,
         "resolution": spec.resolution, "flops": flops, "params": params, "flops_convention": FLOPS_CONVENTION,
         "steps": total, "batch_size": cfg.batch_size, "optimizer": cfg.optimizer, "lr": cfg.lr, "seed": cfg.seed,
-        "data": cfg.data, "data_seed": data_seed, "frozen_shared": bool(getattr(model, "plan", {}).get(
+        "data": record["data"], "data_seed": data_seed, "data_fingerprint": record["fingerprint"],
+        "num_classes": record["num_classes"], "frozen_shared": bool(getattr(model, "plan", {}).get(
             "frozen_shared", False)) if spec.kind == "grown" else False,
         "holdout_top1": round(holdout, 6), "test_top1": round(test, 6),
         "holdout_size": len(data.holdout), "test_size": len(data.test),

@@ -24,14 +24,14 @@ from scalenas.errors import ScalenasError
 from scalenas.io import (atomic_write_csv, atomic_write_json, atomic_write_text, folder_lock, make_dir,
                          remove_stale_temps, seed_everything)
 from scalenas.models.supernet import SuperNet
-from scalenas.runs import latest_run, new_run_dir
+from scalenas.runs import RunFolder, latest_run, new_run_dir
 from scalenas.spaces.arch import Subnet, extreme_subnets, sample_base, sample_subnet
 from scalenas.spaces.flops import subnet_flops_params
 from scalenas.spaces.space import SearchSpace, load_space, space_from_dict
 from scalenas.data.augment import DevicePipeline, train_view
 from scalenas.data.datasets import BatchIterator, DataSplits, derived_seed
 from scalenas.train.checkpoint import CKPT_NAME, checkpoint_space, read_checkpoint, save_checkpoint
-from scalenas.train.config import TrainConfig, dump_config, load_run_data
+from scalenas.train.config import TrainConfig, data_record, dump_config, load_run_data
 from scalenas.train.evaluate import calibration_batches, soft_cross_entropy, subnet_top1
 from scalenas.train.loop import (DistInfo, LoopState, Precision, StepResult, common_payload, init_distributed,
                                  resolve_device, restore, resumed_config, resumed_total, run_loop,
@@ -234,6 +234,9 @@ def _train_supernet(cfg: TrainConfig, out_dir: Path, space: SearchSpace | None, 
         make_dir(out_dir)
         atomic_write_text(out_dir / "config.yaml", dump_config(cfg))
         data.save_info(out_dir / "split.json")
+        # what every command that continues this run follows: its data, split and fitted space
+        RunFolder(out_dir).write_data_record(data_record(cfg, data))
+        RunFolder(out_dir).write_space(space.raw)
 
     def save(finished: bool) -> None:
         save_checkpoint(out_dir / CKPT_NAME, {

@@ -81,14 +81,18 @@ def test_rerun_replaces_previous_extrapolation(search):
     assert main(["extrapolate", "--run", str(search), "--steps", "3"]) == 0
     assert sorted(p.name for p in search.glob("member_s*.json")) == ["member_s4.json", "member_s5.json",
                                                                       "member_s6.json"]
-    assert main(["extrapolate", "--run", str(search), "--steps", "2"]) == 0
+    before = {p.name: p.read_bytes() for p in search.glob("member_s*.json")}
+    # fewer steps than the folder holds would delete member_s6.json: refused, nothing changed
+    assert main(["extrapolate", "--run", str(search), "--steps", "2"]) == 2
+    assert {p.name: p.read_bytes() for p in search.glob("member_s*.json")} == before
+    assert main(["extrapolate", "--run", str(search), "--steps", "2", "--replace"]) == 0
     first = (search / "family.csv").read_bytes()
     assert main(["extrapolate", "--run", str(search), "--steps", "2"]) == 0
     assert (search / "family.csv").read_bytes() == first
     assert sorted(p.name for p in search.glob("member_s*.json")) == ["member_s4.json", "member_s5.json"]
     fam = pd.read_csv(search / "family.csv")
     assert (fam["kind"] == "extrapolated").sum() == 2 and (fam["kind"] == "searched").sum() == 4
-    assert main(["extrapolate", "--run", str(search), "--steps", "1", "--growth", "1.5"]) == 0
+    assert main(["extrapolate", "--run", str(search), "--steps", "1", "--growth", "1.5", "--replace"]) == 0
     doc = json.loads((search / "extrapolation.json").read_text())
     assert doc["growth"] == 1.5 and 1.5 * 0.9 <= doc["flops_ratios"][0] <= 1.5 * 1.1
 

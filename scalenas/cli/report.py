@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from scalenas.report.family import FORMATS, report
+from scalenas.report.family import FORMATS, report, search_data
 
 
 def add_parser(sub) -> None:
@@ -28,6 +28,10 @@ def run(args: argparse.Namespace) -> int:
     print(text)
     note = (f"family of {folder} (FLOPs = fvcore MACs, batch 1; supernet top-1 = holdout after BN "
             "recalibration; standalone top-1 = holdout, mean over runs)")
+    record = search_data(folder)
+    if record is not None:  # one table, one dataset: say which
+        note += (f"\ndata: {record['data']} ({record['num_classes']} classes, fingerprint {record['fingerprint']}); "
+                 "standalone results of other data are not shown")
     plots = "plots: " + ", ".join(str(p) for p in paths) if paths else ""
     # machine-readable formats keep stdout parseable: the notes go to stderr
     stream = sys.stdout if args.format in ("table", "markdown") else sys.stderr

@@ -36,7 +36,7 @@ from scalenas.io import atomic_write_csv, atomic_write_text, seed_everything  # 
 from scalenas.models.grow import grow  # noqa: E402
 from scalenas.models.registry import load_model, save_model  # noqa: E402
 from scalenas.models.vit import ViT  # noqa: E402
-from scalenas.train.config import load_job  # noqa: E402
+from scalenas.train.config import FOLLOW_KEYS, follow_overrides, followed_record, load_job  # noqa: E402
 from scalenas.train.family import train_family  # noqa: E402
 from scalenas.train.standalone import RESULT_NAME, train_standalone  # noqa: E402
 
@@ -55,22 +55,30 @@ def family_rows(rows, variant, seed):
              "run_dir": r["run_dir"]} for r in rows]
 
 
+def family_recipe(search: Path, steps: int, seed: int, batch: int) -> dict:
+    """The CNN family's recipe on the data the search's supernet trained on (its data record), not a fixed one."""
+    base = recipe(steps, seed, batch)
+    record = followed_record(search)[0]
+    return base if record is None else follow_overrides(record, {k: v for k, v in base.items() if k not in FOLLOW_KEYS})
+
+
 def run_cnn(search: Path, cache: Path, e: int, batch: int, seed: int) -> list[dict]:
     out = []
-    scratch3 = train_family(search, load_job("digits", recipe(3 * e, seed, batch)), grow=False, progress=False,
+    scratch3 = train_family(search, load_job("digits", family_recipe(search, 3 * e, seed, batch)), grow=False,
+                            progress=False,
                             out_dir=cache / f"scratch3E-seed{seed}")
     out += family_rows(scratch3, "scratch_3E", seed)
     grown_dir = cache / f"grown-seed{seed}"
     s0 = Path(scratch3[0]["run_dir"])
     if not (grown_dir / s0.name / RESULT_NAME).is_file():  # the root member: the scratch-3E run itself
         shutil.copytree(s0, grown_dir / s0.name, dirs_exist_ok=True)
-    grown = train_family(search, load_job("digits", recipe(e, seed, batch)), grow=True, progress=False,
+    grown = train_family(search, load_job("digits", family_recipe(search, e, seed, batch)), grow=True, progress=False,
                          out_dir=grown_dir)
     out += family_rows(grown, "grown", seed)
     stages = [r["stage"] for r in grown]
     probe = 4 if 4 in stages else stages[-1]
-    scratch1 = train_family(search, load_job("digits", recipe(e, seed, batch)), grow=False, stages=[probe],
-                            progress=False, out_dir=cache / f"scratchE-seed{seed}")
+    scratch1 = train_family(search, load_job("digits", family_recipe(search, e, seed, batch)), grow=False,
+                            stages=[probe], progress=False, out_dir=cache / f"scratchE-seed{seed}")
     out += family_rows(scratch1, "scratch_E", seed)
     return out
 

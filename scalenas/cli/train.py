@@ -127,7 +127,14 @@ def _followed(args: argparse.Namespace) -> tuple[dict | None, Path | None]:
         source = Path(args.arch).parent
     if source is None or not source.is_dir():
         return None, None
-    return followed_record(source)
+    record, where = followed_record(source)
+    if record is None and SearchFolder.holds_search(source) and args.data is None:
+        run = SearchFolder(source).run_dir()
+        gone = f"its run {run} was moved or deleted" if run is not None and not run.is_dir() else \
+            "it records no data (written before data records)"
+        raise ScalenasError(f"{source}: cannot tell which data the search's supernet trained on: {gone}; give --data "
+                            "(and --store-size, --data-seed as in that run) to say what to train on")
+    return record, where
 
 
 def _train_family(args: argparse.Namespace, cfg, record: dict | None) -> int:

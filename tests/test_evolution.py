@@ -61,7 +61,7 @@ def drive(strategy, evaluator=None, generations: int | None = None) -> None:
 
 
 def comparable(strategy) -> tuple:
-    return json.dumps(strategy.best(), sort_keys=True), json.dumps(strategy.pareto_rows(), sort_keys=True)
+    return json.dumps(strategy.best(), sort_keys=True), json.dumps(strategy.results.pareto_rows(), sort_keys=True)
 
 
 # ------------------------------------------------------------------------------------------ selection
@@ -71,7 +71,7 @@ def test_feasibility_first_ordering():
     violation = dict(zip(cands, [0.0, 0.3, 0.0, 0.1, 0.1]))
     fitness = dict(zip(cands, [0.5, 0.99, 0.7, 0.2, 0.9]))
     st.violation = violation.__getitem__
-    st.fitness = fitness.__getitem__
+    st.results.fitness = fitness.__getitem__
     ranked = st.rank(cands)
     # feasible by fitness, then infeasible by violation (ties by fitness); the best infeasible never wins
     assert ranked == [cands[2], cands[0], cands[4], cands[3], cands[1]]
@@ -80,10 +80,10 @@ def test_feasibility_first_ordering():
 def test_fitness_weights_and_family():
     st = make_strategy("markov", SPACE, TARGETS, {**SMALL, "stage_weights": [0, 1, 2, 3]})
     drive(st, generations=1)
-    c = st.archive[0][1]
-    vals = [score(sub) for _, sub in st.subnets(c)]
-    assert st.fitness(c) == pytest.approx((vals[1] + 2 * vals[2] + 3 * vals[3]) / 6)
-    subs = st.subnets(c)
+    c = st.results.archive[0][1]
+    vals = [score(sub) for _, sub in c.members(st.objective)]
+    assert st.results.fitness(c) == pytest.approx((vals[1] + 2 * vals[2] + 3 * vals[3]) / 6)
+    subs = c.members(st.objective)
     assert [s for s, _ in subs] == [0, 1, 2, 3]
     assert (subs[0][1].depth, subs[0][1].width, subs[0][1].resolution) == (1.0, 1.0, SPACE.base_resolution)
     for s, sub in subs[1:]:
@@ -105,7 +105,7 @@ def test_no_subnet_or_family_evaluated_twice(name):
     drive(st, ev)
     assert st.done and ev.calls >= 2
     assert len(ev.keys) == len(set(ev.keys)) == st.evaluations
-    families = [st.family_key(c) for _, c in st.archive]
+    families = [st.family_key(c) for _, c in st.results.archive]
     assert len(families) == len(set(families))
     assert st.ask() == []
 
@@ -142,7 +142,7 @@ def test_failed_evaluations_rank_last_and_are_not_retried():
     subs = st.ask()
     st.tell({s.to_json(): (None if i == 0 else score(s)) for i, s in enumerate(subs)})
     failed = derive_subnet(SPACE, subs[0]).key()
-    assert math.isnan(st.cache[failed])
+    assert math.isnan(st.results.cache[failed])
     drive(st)
     assert st.best()["fitness"] is not None and math.isfinite(st.best()["fitness"])
 
@@ -155,7 +155,7 @@ def test_bounded_rejection_gives_up_and_reports():
         st = make_strategy("markov", SPACE, TARGETS, {**SMALL, "tolerance": 0.002, "max_tries": 3})
         drive(st)
     assert st.done
-    assert sum(row["gave_up"] for row in st.history) > 0
+    assert sum(row["gave_up"] for row in st.results.history) > 0
     assert any("gave up" in str(w.message) for w in caught)
 
 
@@ -283,7 +283,7 @@ def test_compound_scales_one_triple():
     drive(st)
     best = st.best()
     assert len(best["family"]) == 4 and best["feasible"]
-    grid = [c for _, c in st.archive if c.stages == [0, 1]]
+    grid = [c for _, c in st.results.archive if c.stages == [0, 1]]
     assert len({c.base for c in grid}) == 1 and len(grid) > 1  # the stage-1 grid on one base
     # stages >= 2 sit on the (alpha, beta, gamma)^phi ray: resolution and width never shrink along it
     ch = best["chain"]
@@ -295,7 +295,7 @@ def test_independent_reports_a_base_per_stage():
     drive(st)
     best = st.best()
     assert len(best["bases"]) == 4 and len(best["family"]) == 4
-    assert all(c.stages in ([0], [1], [2], [3]) for _, c in st.archive)
+    assert all(c.stages in ([0], [1], [2], [3]) for _, c in st.results.archive)
 
 
 def test_markov_learns_from_its_elites():
@@ -334,11 +334,11 @@ def test_markov_assembles_each_stage_best_evaluated_state_for_free():
     for e in st.elites:
         c = st._assembled(e.base)
         assert c is not None and st.feasible(c)
-        assert st.fitness(c) >= st.fitness(e)  # per-stage best of what was evaluated: never worse
-        assert all(st.score(c.base, s, c.states[s]) is not None for s in c.stages)  # nothing new to evaluate
+        assert st.results.fitness(c) >= st.results.fitness(e)  # per-stage best of what was evaluated: never worse
+        assert all(st.results.score(c.base, s, c.states[s]) is not None for s in c.stages)  # nothing new to evaluate
         for s in range(1, 4):
-            evaluated = [st.score(e.base, s, x) for x in st.objective.feasible_states(e.base, s)]
-            assert st.score(c.base, s, c.states[s]) == max(v for v in evaluated if v is not None)
+            evaluated = [st.results.score(e.base, s, x) for x in st.objective.feasible_states(e.base, s)]
+            assert st.results.score(c.base, s, c.states[s]) == max(v for v in evaluated if v is not None)
 
 
 def test_pareto_mask_matches_brute_force():

@@ -82,7 +82,7 @@ def test_resume_with_another_metric_is_refused():
         make_strategy("markov", SPACE, TARGETS, SMALL).load_state_dict(state)
     same = make_strategy("markov", SPACE, TARGETS, {**SMALL, "metric": "loss"})
     same.load_state_dict(state)  # the same metric resumes
-    assert same.metrics == saved.metrics and same.cache == saved.cache
+    assert same.results.metrics == saved.results.metrics and same.results.cache == saved.results.cache
 
 
 def test_loss_metric_scores_minus_the_loss_and_reports_both():
@@ -172,35 +172,35 @@ def test_fitness_within_the_tolerance_ties_and_the_cheaper_wins():
     st = make_strategy("markov", SPACE, TARGETS, {**SMALL, "tie_tolerance": 0.01, "tie_break": "cheaper"})
     cheap, mid, dear = _feasible_pair(st)
     fitness = {dear: 0.800, cheap: 0.795, mid: 0.700}
-    st.fitness = fitness.__getitem__
-    assert st.tie_width() == 0.01
+    st.results.fitness = fitness.__getitem__
+    assert st.results.tie_width() == 0.01
     assert st.rank([dear, mid, cheap]) == [cheap, dear, mid]  # 0.005 apart: a tie, the cheaper first
     fitness[cheap] = 0.789  # 0.011 below the best: no longer a tie
     assert st.rank([dear, mid, cheap]) == [dear, cheap, mid]
     exact = make_strategy("markov", SPACE, TARGETS, {**SMALL, "tie_tolerance": 0.0, "tie_break": "cheaper"})
-    exact.fitness = {dear: 0.800, cheap: 0.7999, mid: 0.700}.__getitem__
+    exact.results.fitness = {dear: 0.800, cheap: 0.7999, mid: 0.700}.__getitem__
     assert exact.rank([mid, cheap, dear]) == [dear, cheap, mid]  # 0: the exact order
     # a tie group is led by its best member: the third within 0.01 of the second but not of the first
-    st.fitness = {dear: 0.800, mid: 0.792, cheap: 0.785}.__getitem__
+    st.results.fitness = {dear: 0.800, mid: 0.792, cheap: 0.785}.__getitem__
     order = st.rank([dear, mid, cheap])
     assert order[:2] == sorted([dear, mid], key=st.cost) and order[2] == cheap
 
 
 def test_measured_noise_sets_the_tie_width():
     st = make_strategy("markov", SPACE, TARGETS, SMALL)
-    assert st.tie_width() == 0.0  # nothing measured yet: exact order
+    assert st.results.tie_width() == 0.0  # nothing measured yet: exact order
     subs = st.ask()
     errors = [0.01 * (i + 1) for i in range(len(subs))]
     st.tell({s.to_json(): {**toy_result(s), "top1_se": e} for s, e in zip(subs, errors)})
-    assert st.tie_width() == pytest.approx(float(np.median(errors)))
-    row = st.history[0]
+    assert st.results.tie_width() == pytest.approx(float(np.median(errors)))
+    row = st.results.history[0]
     assert row["tie_width"] == pytest.approx(float(np.median(errors)))
     assert row["fitness_noise"] > 0 and row["mean_fitness_noise"] > 0
     assert set(LOG_COLUMNS) <= set(row)
     # plain numbers carry no noise: the order stays exact
     plain = make_strategy("markov", SPACE, TARGETS, SMALL)
     drive(plain, result=lambda s: toy_result(s)["top1"], generations=1)
-    assert plain.tie_width() == 0.0 and plain.history[0]["fitness_noise"] is None
+    assert plain.results.tie_width() == 0.0 and plain.results.history[0]["fitness_noise"] is None
 
 
 def test_noise_aware_markov_search_is_deterministic_resumes_and_learns():
@@ -209,14 +209,14 @@ def test_noise_aware_markov_search_is_deterministic_resumes_and_learns():
     drive(a)
     drive(b)
     assert json.dumps(a.best(), sort_keys=True) == json.dumps(b.best(), sort_keys=True)
-    assert a.history[-1]["tie_width"] == pytest.approx(0.02)
+    assert a.results.history[-1]["tie_width"] == pytest.approx(0.02)
     part = make_strategy("markov", SPACE, TARGETS, opts)
     drive(part, generations=2)
     resumed = make_strategy("markov", SPACE, TARGETS, opts)
     resumed.load_state_dict(json.loads(json.dumps(part.state_dict())))
     drive(resumed)
     assert json.dumps(resumed.best(), sort_keys=True) == json.dumps(a.best(), sort_keys=True)
-    assert resumed.pareto_rows() == a.pareto_rows()
+    assert resumed.results.pareto_rows() == a.results.pareto_rows()
     uniform = -sum(math.log(np.prod(a.model.sizes(s))) for s in (1, 2, 3))
     for e in a.elites:  # the chain is still learned from the (tie-aware) elites
         assert a.model.log_prob(e.chain) > uniform
@@ -281,13 +281,13 @@ def test_by_default_a_tie_goes_to_the_family_nearest_its_flops_targets():
     st = make_strategy("markov", SPACE, TARGETS, {**SMALL, "tie_tolerance": 0.01})
     assert st.options.tie_break == "target"
     cands = [c for c in st.population if st.feasible(c)]
-    dist = {c: sum(abs(math.log(subnet_flops_params(st.space, sub)[0] / st.targets[s])) for s, sub in st.subnets(c))
-            for c in cands}
+    dist = {c: sum(abs(math.log(subnet_flops_params(st.space, sub)[0] / st.targets[s]))
+                   for s, sub in c.members(st.objective)) for c in cands}
     near, far = min(cands, key=dist.get), max(cands, key=dist.get)
     assert dist[near] < dist[far] and st.cost(near) == pytest.approx(dist[near])
-    st.fitness = {far: 0.800, near: 0.795}.__getitem__
+    st.results.fitness = {far: 0.800, near: 0.795}.__getitem__
     assert st.rank([far, near]) == [near, far]  # a tie: the one on target first
-    st.fitness = {far: 0.800, near: 0.780}.__getitem__
+    st.results.fitness = {far: 0.800, near: 0.780}.__getitem__
     assert st.rank([near, far]) == [far, near]  # not a tie
     with pytest.raises(ScalenasError, match="tie_break"):
         make_strategy("markov", SPACE, TARGETS, {**SMALL, "tie_break": "largest"})

@@ -67,7 +67,7 @@ def test_searcher_inside_tuner(local_ray, tmp_path):
     # every trial's result reached the strategy's cache, and no subnet ran twice
     archs = [r.config["arch"] for r in results]
     assert len(set(archs)) == 12 and strategy.evaluations == 12
-    assert strategy.generation >= 1 and strategy.history[0]["evaluations"] == 8  # 2 families x 4 stages
+    assert strategy.generation >= 1 and strategy.results.history[0]["evaluations"] == 8  # 2 families x 4 stages
     for r in results:
         assert r.metrics["top1"] == pytest.approx(flops_score(r.config["flops"]))
     # the searcher's saved state restores the same search

@@ -128,7 +128,7 @@ def run_one(name: str, seed: int, space, targets: list[int], args, evaluator: Ca
             # Best-family feasibility is monotone (feasible families are ranked first and never dropped), so
             # the value after this tell holds for every generation it completed.
             feasible = bool(strategy.best()["feasible"])
-            for row in strategy.history[before:strategy.generation]:
+            for row in strategy.results.history[before:strategy.generation]:
                 curve.append({"strategy": name, "seed": seed, "generation": row["generation"],
                               "evaluations": row["evaluations"], "fitness": row["best_fitness"],
                               "feasible": feasible})
@@ -140,7 +140,7 @@ def run_one(name: str, seed: int, space, targets: list[int], args, evaluator: Ca
         "strategy": name, "seed": seed, "budget": args.budget, "evaluations": strategy.evaluations,
         "final_fitness": fitness, "feasible": bool(best["feasible"]),
         "evals_to_final": first_reach(curve, fitness),
-        "generations": strategy.generation, "gave_up": int(sum(r["gave_up"] for r in strategy.history)),
+        "generations": strategy.generation, "gave_up": int(sum(r["gave_up"] for r in strategy.results.history)),
         "evaluator_calls": calls, "seconds": round(seconds, 2),
         "seconds_per_evaluation": round(seconds / strategy.evaluations, 4) if strategy.evaluations else None,
         "seconds_per_evaluator_call": round((evaluator.seconds - ev_s0) / calls, 4) if calls else None,

@@ -15,8 +15,8 @@ import pandas as pd
 from scalenas.spaces.flops import FLOPS_CONVENTION
 from scalenas.io import atomic_write_bytes, atomic_write_csv, atomic_write_json
 
-if TYPE_CHECKING:  # reports read a strategy; they never drive one
-    from scalenas.search.strategy import Strategy
+if TYPE_CHECKING:  # reports read the results of a search, never the strategy that fed them
+    from scalenas.search.results import SearchResults
 
 MEMBER_METRICS = ["top1", "top1_se", "loss", "loss_se"]  # per member: both metrics and their bootstrap SE
 PARETO_COLUMNS = ["generation", "candidate", "stage", "target_flops", "flops", "params", "resolution", "depth_mult",
@@ -54,9 +54,9 @@ def pareto_mask(frame: pd.DataFrame, metric: str = "top1") -> np.ndarray:
     return mask
 
 
-def pareto_frame(strategy: "Strategy") -> pd.DataFrame:
-    frame = pd.DataFrame(strategy.pareto_rows(), columns=[c for c in PARETO_COLUMNS if c != "is_pareto"])
-    frame.insert(PARETO_COLUMNS.index("is_pareto"), "is_pareto", pareto_mask(frame, strategy.options.metric))
+def pareto_frame(results: "SearchResults") -> pd.DataFrame:
+    frame = pd.DataFrame(results.pareto_rows(), columns=[c for c in PARETO_COLUMNS if c != "is_pareto"])
+    frame.insert(PARETO_COLUMNS.index("is_pareto"), "is_pareto", pareto_mask(frame, results.metric))
     return frame
 
 
@@ -65,22 +65,22 @@ def family_frame(best: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=FAMILY_COLUMNS)
 
 
-def chain_report(strategy: "Strategy", best: dict[str, Any]) -> dict[str, Any]:
+def chain_report(results: "SearchResults", best: dict[str, Any]) -> dict[str, Any]:
     """The best chain (indices and values) and, for strategies that learn one, the Markov chain."""
-    matrices = strategy.transition_report()
-    return {"strategy": strategy.name, "space": strategy.space.name,
+    matrices = results.transitions
+    return {"strategy": results.strategy, "space": results.space.name,
             "chain": best.get("chain", []),
             "dimensions": ["depth", "width", "resolution"],
             "matrices": matrices,
-            "note": None if matrices is not None else f"strategy {strategy.name!r} holds no transition model"}
+            "note": None if matrices is not None else f"strategy {results.strategy!r} holds no transition model"}
 
 
-def best_report(strategy: "Strategy", best: dict[str, Any]) -> dict[str, Any]:
-    return {"space": strategy.space.name, "strategy": strategy.name, "base": best.get("base"),
+def best_report(results: "SearchResults", best: dict[str, Any]) -> dict[str, Any]:
+    return {"space": results.space.name, "strategy": results.strategy, "base": best.get("base"),
             "chain": [{k: x[k] for k in ("depth", "width", "resolution")} for x in best.get("chain", [])],
-            "metric": best.get("metric", strategy.options.metric), "fitness": best.get("fitness"),
+            "metric": best.get("metric", results.metric), "fitness": best.get("fitness"),
             "fitness_noise": best.get("fitness_noise"), "feasible": best.get("feasible"),
-            "targets": strategy.targets, "tolerance": strategy.options.tolerance,
+            "targets": results.targets, "tolerance": results.tolerance,
             "flops_convention": FLOPS_CONVENTION,
             "family": [{"stage": r["stage"], "arch": r["arch"], "flops": r["flops"],
                         **{k: r.get(k) for k in MEMBER_METRICS}} for r in best.get("family", [])],
@@ -122,8 +122,8 @@ def finish_plot(fig, ax, title: str, ylabel: str) -> bytes:
     return buf.getvalue()
 
 
-def write_reports(out_dir: str | Path, strategy: "Strategy") -> dict[str, Path]:
-    """Write every report of ``strategy`` into ``out_dir`` (atomically); returns their paths.
+def write_reports(out_dir: str | Path, results: "SearchResults") -> dict[str, Path]:
+    """Write every report of a search's ``results`` into ``out_dir`` (atomically); returns their paths.
 
     - ``pareto.csv``: one row per evaluated (candidate, stage): generation, candidate, stage, target_flops,
       flops, params, resolution, depth_mult, width_mult, top1, top1_se, loss, loss_se, feasible, is_pareto
@@ -137,16 +137,16 @@ def write_reports(out_dir: str | Path, strategy: "Strategy") -> dict[str, Path]:
     - ``pareto.png``: top-1 vs FLOPs, per-stage colours, the family highlighted.
     """
     out = Path(out_dir)
-    best = strategy.best()
-    pareto = pareto_frame(strategy)
+    best = results.best()
+    pareto = pareto_frame(results)
     family = family_frame(best)
     paths = {
         "pareto": atomic_write_csv(out / "pareto.csv", pareto),
         "family": atomic_write_csv(out / "family.csv", family),
-        "chain": atomic_write_json(out / "chain.json", chain_report(strategy, best)),
-        "best": atomic_write_json(out / "best.json", best_report(strategy, best)),
-        "search_log": atomic_write_csv(out / "search_log.csv", pd.DataFrame(strategy.history, columns=LOG_COLUMNS)),
+        "chain": atomic_write_json(out / "chain.json", chain_report(results, best)),
+        "best": atomic_write_json(out / "best.json", best_report(results, best)),
+        "search_log": atomic_write_csv(out / "search_log.csv", pd.DataFrame(results.history, columns=LOG_COLUMNS)),
     }
-    png = plot_pareto(pareto, family, f"{strategy.space.name}: {strategy.name} search")
+    png = plot_pareto(pareto, family, f"{results.space.name}: {results.strategy} search")
     paths["plot"] = atomic_write_bytes(out / "pareto.png", png)
     return paths

@@ -2,7 +2,8 @@
 
 The driver writes only ``state.json`` (the strategy's :meth:`~scalenas.search.strategy.Strategy.state_dict`);
 whatever else a caller wants after each generation (``scalenas search`` writes its reports) goes into the
-``on_generation`` callback, so the search layer never depends on the report layer.
+``on_generation`` callback, which receives the search's :class:`~scalenas.search.results.SearchResults`, so the
+search layer never depends on the report layer and the reports never see the strategy.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from scalenas.errors import ScalenasError
+from scalenas.search.results import SearchResults
 from scalenas.search.strategy import Strategy
 from scalenas.spaces.arch import Subnet
 from scalenas.spaces.space import SearchSpace, load_space
@@ -18,9 +20,9 @@ from scalenas.spaces.space import SearchSpace, load_space
 def run_search(space: SearchSpace | str, strategy: Strategy,
                evaluate: Callable[[list[Subnet]], Sequence[float | Mapping[str, Any] | None]],
                out_dir: str | Path, resume: bool = False, progress: bool = True,
-               on_generation: Callable[[Strategy], Any] | None = None) -> dict[str, Any]:
+               on_generation: Callable[[SearchResults], Any] | None = None) -> dict[str, Any]:
     """ask → evaluate → tell until done; after every generation write ``out_dir/state.json``, then call
-    ``on_generation(strategy)`` if given (also after the final save and the save on KeyboardInterrupt).
+    ``on_generation(strategy.results)`` if given (also after the final save and the save on KeyboardInterrupt).
 
     ``evaluate`` returns one result per subnet, as :meth:`Strategy.tell` takes it: the value of the search's
     metric, or a dict with it (and optionally ``top1``, ``loss``, ``top1_se``, ``loss_se``), None when it failed.
@@ -50,7 +52,7 @@ def run_search(space: SearchSpace | str, strategy: Strategy,
     def save() -> None:
         atomic_write_json(state_path, strategy.state_dict())
         if on_generation is not None:
-            on_generation(strategy)
+            on_generation(strategy.results)
 
     bar = tqdm(total=strategy.max_generations(), initial=min(strategy.generation, strategy.max_generations()),
                desc=f"search {strategy.name}", unit="gen", disable=not progress)
@@ -66,7 +68,7 @@ def run_search(space: SearchSpace | str, strategy: Strategy,
             strategy.tell({s.to_json(): v for s, v in zip(subnets, values)})
             if strategy.generation != before or strategy.done:
                 save()
-                last = strategy.history[-1] if strategy.history else {}
+                last = strategy.results.history[-1] if strategy.results.history else {}
                 bar.update(strategy.generation - before)
                 rate = last.get("evaluations_per_s")
                 best = last.get("best_fitness")

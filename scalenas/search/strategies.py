@@ -18,8 +18,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from scalenas.errors import ScalenasError
+from scalenas.search.candidate import Candidate
 from scalenas.search.markov import MarkovChainModel, State, draw_state
-from scalenas.search.strategy import Candidate, SearchOptions, Strategy
+from scalenas.search.operators import random_family, random_state
+from scalenas.search.strategy import SearchOptions, Strategy
 from scalenas.spaces.arch import Base, base_to_json, sample_base
 from scalenas.spaces.flops import subnet_flops_params
 from scalenas.spaces.space import SearchSpace, load_space
@@ -47,8 +49,8 @@ class MarkovStrategy(Strategy):
             # The parent's base with one state redrawn: one new evaluation (the other members are cached).
             return Candidate(parent.base, ((0, 0, 0), *self._resample_state(parent.base, parent.chain)))
         if self.rng.random() < self.options.chain_sample_prob:
-            return self.random_family(self._sample_chain, parents)
-        base = self.mutate_base(parents)
+            return random_family(self.objective, self.rng, self.mutate(parents), self._sample_chain)
+        base = self.mutate(parents)
         return Candidate(base, ((0, 0, 0), *self._resample_state(base, parent.chain)))
 
     def _resample_state(self, base: Base, chain: list[State]) -> list[State]:
@@ -65,7 +67,7 @@ class MarkovStrategy(Strategy):
                                                      chain[s] if s < self.n else None)
             out[s - 1] = draw_state(weights, self.rng, allowed)
         else:
-            out[s - 1] = self.random_state(base, s, exclude=current)  # type: ignore[arg-type]
+            out[s - 1] = random_state(self.objective, self.rng, base, s, exclude=current)  # type: ignore[arg-type]
         return out
 
     def _assembled(self, base: Base) -> Candidate | None:
@@ -74,7 +76,7 @@ class MarkovStrategy(Strategy):
         chain: list[State] = []
         for s in range(1, self.n + 1):
             scored = [(v, x) for x in self.objective.feasible_states(base, s)
-                      for v in [self.score(base, s, x)] if v is not None and math.isfinite(v)]
+                      for v in [self.results.score(base, s, x)] if v is not None and math.isfinite(v)]
             if not scored:
                 return None
             chain.append(max(scored, key=lambda t: t[0])[1])
@@ -82,7 +84,9 @@ class MarkovStrategy(Strategy):
 
     def _propose(self) -> list[Candidate]:
         if not self.elites:
-            return self.propose_unique(self.options.population, lambda: self.random_family(self._sample_chain))
+            sample = self._sample_chain
+            return self.propose_unique(self.options.population,
+                                       lambda: random_family(self.objective, self.rng, chain_sampler=sample))
         batch: list[Candidate] = []
         for e in self.elites:  # stage-wise recombination of the elites' evaluated states: free
             if len(batch) == self.options.population:
@@ -113,7 +117,7 @@ class RandomStrategy(Strategy):
     name = "random"
 
     def _propose(self) -> list[Candidate]:
-        return self.propose_unique(self.options.population, self.random_family)
+        return self.propose_unique(self.options.population, lambda: random_family(self.objective, self.rng))
 
 
 class AlternateStrategy(Strategy):
@@ -130,7 +134,7 @@ class AlternateStrategy(Strategy):
 
     def _propose(self) -> list[Candidate]:
         if not self.elites:
-            return self.propose_unique(self.options.population, self.random_family)
+            return self.propose_unique(self.options.population, lambda: random_family(self.objective, self.rng))
         best = self.elites[0]
         if self.phase == 0:
             # Every in-band state of every stage with the best base and the rest of its chain.
@@ -148,7 +152,7 @@ class AlternateStrategy(Strategy):
         self.add_if_new(Candidate(best.base, ((0, 0, 0), *chain)), batch)  # the grid's combination: cached, free
         parents = [e.base for e in self.elites]
         return self.propose_unique(self.options.population - len(batch),
-                                   lambda: Candidate(self.mutate_base(parents), ((0, 0, 0), *chain)), batch)
+                                   lambda: Candidate(self.mutate(parents), ((0, 0, 0), *chain)), batch)
 
     def _after_generation(self, evaluated: list[Candidate]) -> None:
         if self.elites and self.phase == 0:
@@ -158,7 +162,7 @@ class AlternateStrategy(Strategy):
             for s in range(1, self.n + 1):
                 tried = {c.states[s] for c in evaluated} | {chain[s - 1]}
                 table = self.objective.stage_table(base, s)
-                ranked = sorted(tried, key=lambda x: (table[x] > 0, table[x], -_finite(self.score(base, s, x))))
+                ranked = sorted(tried, key=lambda x: (table[x] > 0, table[x], -_finite(self.results.score(base, s, x))))
                 new_chain.append(ranked[0])
             self.fixed_chain = new_chain
         if self.elites:
@@ -205,7 +209,7 @@ class CompoundStrategy(Strategy):
                 return self.propose_unique(self.options.population,
                                            lambda: self._stage0(sample_base(self.space, self.rng)))
             parents = [e.base for e in self.base_elites]
-            return self.propose_unique(self.options.population, lambda: self._stage0(self.mutate_base(parents)))
+            return self.propose_unique(self.options.population, lambda: self._stage0(self.mutate(parents)))
         if self.phase == "grid":
             base = self.base_elites[0].base
             self.grid_base = base
@@ -216,8 +220,8 @@ class CompoundStrategy(Strategy):
             return batch
         # phase == "family"
         assert self.grid_base is not None
-        grid = [c for _, c in self.archive if c.base == self.grid_base and c.stages == [0, 1]]
-        x1 = self.rank(grid)[0].states[1] if grid else self.random_state(self.grid_base, 1)
+        grid = [c for _, c in self.results.archive if c.base == self.grid_base and c.stages == [0, 1]]
+        x1 = self.rank(grid)[0].states[1] if grid else random_state(self.objective, self.rng, self.grid_base, 1)
         chain = [x1] + [self._compound_state(self.grid_base, x1, s) for s in range(2, self.n + 1)]  # type: ignore
         batch = []
         self.add_if_new(Candidate(self.grid_base, ((0, 0, 0), *chain)), batch)
@@ -237,7 +241,7 @@ class CompoundStrategy(Strategy):
                                for phi in np.linspace(0.0, phi_max, 2001))
         best, best_err = None, math.inf
         for state in states:
-            flops = subnet_flops_params(self.space, self.subnet(base, stage, state))[0]  # type: ignore[arg-type]
+            flops = subnet_flops_params(self.space, self.objective.subnet(base, stage, state))[0]  # type: ignore
             err = abs(math.log(flops / self.targets[stage]))
             if err < best_err:
                 best, best_err = state, err
@@ -246,7 +250,7 @@ class CompoundStrategy(Strategy):
     def _after_generation(self, evaluated: list[Candidate]) -> None:
         if self.phase == "base":
             self.base_elites = self.rank(self.base_elites + evaluated)[:self.options.elites]
-            left = math.inf if self.options.budget is None else self.options.budget - len(self.cache)
+            left = math.inf if self.options.budget is None else self.options.budget - self.evaluations
             # leave room for the grid and the family: one more base generation would not fit
             if self.generation + 1 >= max(1, self.options.generations - 2) or \
                     left <= self._reserve() + self.options.population:
@@ -292,13 +296,13 @@ class IndependentStrategy(Strategy):
         elites = self.stage_elites[stage]
         if elites:
             parent = self.rng.choice(elites)
-            base = self.mutate_base([e.base for e in elites])
+            base = self.mutate([e.base for e in elites])
             keep = self.rng.random() >= self.options.chain_sample_prob
             x = parent.states[stage] if keep else None
         else:
             base, x = sample_base(self.space, self.rng), None
         if x is None:
-            x = self.random_state(base, stage) if self.objective.stage_possible(base, stage) \
+            x = random_state(self.objective, self.rng, base, stage) if self.objective.stage_possible(base, stage) \
                 else self.rng.choice(self.objective.all_states(stage))
         return self._single(base, stage, x)
 
@@ -313,13 +317,12 @@ class IndependentStrategy(Strategy):
             mine = [c for c in evaluated if c.stages == [s]]
             self.stage_elites[s] = self.rank(self.stage_elites[s] + mine)[:self.options.elites]
 
-    def best(self) -> dict[str, Any]:
+    def _pick_best(self) -> None:
         if not all(self.stage_elites):
-            return super().best()
-        members = [(e[0].base, s, e[0].states[s]) for s, e in enumerate(self.stage_elites)]
-        out = self._best_dict(members)  # type: ignore[arg-type]
-        out["bases"] = [base_to_json(b) for b, _, _ in members]  # one base per stage
-        return out
+            return super()._pick_best()
+        # the best of each stage's own search: one base per stage
+        self.results.pick([(e[0].base, s, e[0].states[s]) for s, e in enumerate(self.stage_elites)],  # type: ignore
+                          separate_bases=True)
 
     def _extra_state(self) -> dict[str, Any]:
         return {"stage_elites": [[c.to_dict() for c in e] for e in self.stage_elites]}

@@ -1,14 +1,16 @@
-"""The joint search of a base network and its scaling chain (docs/method.md), as ask/tell strategies.
+"""The joint search of a base network and its scaling chain (docs/method.md), as ask/tell strategies: the
+search options, and :class:`Strategy` with ask/tell, the budget, de-duplication and ranking.
 
-An individual (:class:`Candidate`) is a base network g plus one scaling state per scaling stage. Its family is
-the subnets s = 0..S: stage 0 is g itself at (d=1, w=1, r=base), stage s >= 1 is g at (D_s[i], W_s[j], R_s[k]).
-A strategy proposes a generation of candidates, the caller evaluates the subnets they need (:meth:`ask`) and
+An individual (:class:`~scalenas.search.candidate.Candidate`) is a base network g plus one scaling state per
+scaling stage. Its family is the subnets s = 0..S: stage 0 is g itself at (d=1, w=1, r=base), stage s >= 1 is g
+at (D_s[i], W_s[j], R_s[k]). A strategy proposes a generation of candidates, the caller evaluates the subnets they need (:meth:`ask`) and
 reports the metric of each (:meth:`tell`: holdout top-1 or log-loss, optionally with their noise); the strategy
 then selects, learns and breeds the next generation. The same object is driven by
 :func:`scalenas.search.driver.run_search` (a plain loop), by the lead's Ray evaluator and by Ray Tune
-(:mod:`scalenas.search.tune`). What a family is worth (FLOPs bands,
-fitness, the selection order) is :class:`scalenas.search.objectives.FamilyObjective`; the strategies themselves
-are in :mod:`scalenas.search.strategies`.
+(:mod:`scalenas.search.tune`). What a family is worth (FLOPs bands, fitness, the selection order) is
+:class:`scalenas.search.objectives.FamilyObjective`; what was evaluated and scored, and the report rows, are a
+:class:`scalenas.search.results.SearchResults`; the breeding operators are the functions of
+:mod:`scalenas.search.operators`; the strategies themselves are in :mod:`scalenas.search.strategies`.
 
 Design choices that keep searches comparable and reproducible:
 
@@ -34,26 +36,22 @@ import random
 import time
 import warnings
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Callable, Iterable, Mapping, Sequence
-
-import numpy as np
 
 from scalenas.errors import ScalenasError
 from scalenas.options import check_options, option
-from scalenas.search.markov import State
+from scalenas.search import operators
+from scalenas.search.candidate import Candidate, built_key
 from scalenas.search.objectives import FamilyObjective
-from scalenas.spaces.arch import Base, Subnet, base_to_json, derive_subnet, parse_subnet, sample_base
-from scalenas.spaces.flops import subnet_flops_params
-from scalenas.spaces.space import SearchSpace, load_space
+from scalenas.search.results import METRICS, SearchResults
+from scalenas.spaces.arch import Base, Subnet, parse_subnet
+from scalenas.spaces.space import SearchSpace
 from scalenas.spaces.targets import check_targets, check_tolerance
 
 logger = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
 TIE_BREAKS = ("target", "cheaper")  # within a tie group: members nearest their FLOPs targets, or the cheapest
-METRICS = ("top1", "loss")  # the per-member score: holdout top-1, or holdout log-loss (score = -loss)
-MEASURES = ("top1", "loss", "top1_se", "loss_se")  # what an evaluation may report per subnet
 
 
 # ============================================================================================== options
@@ -124,52 +122,6 @@ class SearchOptions:
         return cls(**data)
 
 
-# ============================================================================================== candidates
-@dataclass(frozen=True)
-class Candidate:
-    """A base network and one scaling state per stage 0..S (None: the stage is not part of this candidate).
-
-    Family strategies fill every stage; ``compound`` and ``independent`` also use partial candidates.
-    Stage 0's state is always (0, 0, 0), the base's single option.
-    """
-
-    base: Base
-    states: tuple[State | None, ...]
-
-    @property
-    def stages(self) -> list[int]:
-        return [s for s, x in enumerate(self.states) if x is not None]
-
-    @property
-    def is_family(self) -> bool:
-        return all(x is not None for x in self.states)
-
-    @property
-    def chain(self) -> list[State]:
-        """x_1..x_S (family candidates only)."""
-        return [x for x in self.states[1:]]  # type: ignore[misc]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"base": base_to_json(self.base), "states": [None if x is None else list(x) for x in self.states]}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Candidate":
-        return cls(tuple(tuple(layers) for layers in data["base"]),
-                   tuple(None if x is None else tuple(int(v) for v in x) for x in data["states"]))
-
-
-@lru_cache(maxsize=200_000)
-def _built_key(space: SearchSpace, subnet: Subnet) -> str:
-    # A SearchSpace hashes and compares by its content_key, so this cache is keyed on (content, subnet): a space
-    # rebuilt from a checkpoint (no YAML on disk, or num_classes fitted to the data) is never re-read by path.
-    return derive_subnet(space, subnet).key()
-
-
-def built_key(space: SearchSpace, subnet: Subnet) -> str:
-    """Dedupe key of the network ``subnet`` builds (cached by the space's content_key and the subnet)."""
-    return _built_key(load_space(space), subnet)
-
-
 def _rng_state(rng: random.Random) -> list[Any]:
     version, internal, gauss = rng.getstate()
     return [version, list(internal), gauss]
@@ -183,9 +135,11 @@ def _set_rng_state(rng: random.Random, state: Sequence[Any]) -> None:
 class Strategy:
     """Ask/tell search over candidates; subclasses decide what each generation proposes.
 
-    Subclasses implement :meth:`_propose` (the next generation's candidates, drawing only from ``self.rng``),
+    Subclasses implement :meth:`_propose` (the next generation's candidates, drawing only from ``self.rng``,
+    usually with the functions of :mod:`scalenas.search.operators` through :meth:`propose_unique`),
     :meth:`_after_generation` (selection / learning once a generation is evaluated) and the ``_extra_state``
-    pair for whatever they keep.
+    pair for whatever they keep. What was evaluated and scored is in :attr:`results`
+    (:class:`~scalenas.search.results.SearchResults`).
     """
 
     name = ""
@@ -198,14 +152,11 @@ class Strategy:
         self.options = options.resolved(self.n)
         check_targets(space, self.targets, self.options.tolerance)
         self.objective = self._objective()
+        self.results = self._new_results()
         self.rng = random.Random(self.options.seed)
         self.generation = 0
         self.done = False
-        self.cache: dict[str, float] = {}  # built key -> score: top-1 or -loss, higher is better (NaN: failed)
-        self.metrics: dict[str, dict[str, float]] = {}  # built key -> the MEASURES an evaluation reported
         self.population: list[Candidate] = []  # the current generation, awaiting evaluation
-        self.archive: list[tuple[int, Candidate]] = []  # (generation, candidate) of every evaluated candidate
-        self.history: list[dict[str, Any]] = []
         self.gave_up = 0  # constrained samplers that gave up while breeding the current generation
         self.budget_hit = False
         self._seen: set[tuple[tuple[int, str], ...]] = set()  # family keys ever proposed
@@ -214,6 +165,7 @@ class Strategy:
         self._setup()
         self._begin(self._propose())
         self._maybe_finish()
+        self._publish()
 
     # ------------------------------------------------------------------ subclass hooks
     def _setup(self) -> None:
@@ -239,95 +191,54 @@ class Strategy:
         """Generations this strategy runs at most."""
         return self.options.generations
 
-    # ------------------------------------------------------------------ subnets and the objective
+    def transition_report(self) -> dict[str, Any] | None:
+        """pi and T_s with labels, for strategies that learn a Markov chain."""
+        return None
+
+    def _pick_best(self) -> None:
+        """Name the best family to :attr:`results`: by default the best-ranked evaluated family."""
+        families = [c for _, c in self.results.archive if c.is_family]
+        c = self.rank(families)[0] if families else None
+        self.results.pick(None if c is None else [(c.base, s, c.states[s]) for s in range(self.n + 1)])  # type: ignore
+
+    # ------------------------------------------------------------------ members, de-duplication and ranking
     def _objective(self) -> FamilyObjective:
         return FamilyObjective(self.space, self.targets, self.options.tolerance,
                                self.options.stage_weights)  # type: ignore[arg-type]
 
-    def subnet(self, base: Base, stage: int, state: State) -> Subnet:
-        return self.objective.subnet(base, stage, state)
-
-    def subnets(self, c: Candidate) -> list[tuple[int, Subnet]]:
-        return [(s, self.subnet(c.base, s, c.states[s])) for s in c.stages]  # type: ignore[arg-type]
+    def _new_results(self) -> SearchResults:
+        return SearchResults(self.objective, self.options.metric, self.options.tie_tolerance, self.name)
 
     def family_key(self, c: Candidate) -> tuple[tuple[int, str], ...]:
-        return tuple((s, built_key(self.space, sub)) for s, sub in self.subnets(c))
-
-    def _key(self, base: Base, stage: int, state: State) -> str:
-        return built_key(self.space, self.subnet(base, stage, state))
-
-    def score(self, base: Base, stage: int, state: State) -> float | None:
-        """The cached score of one subnet (higher is better: top-1, or -loss with metric ``loss``), None if not
-        evaluated, NaN if its evaluation failed."""
-        return self.cache.get(self._key(base, stage, state))
-
-    def measures(self, base: Base, stage: int, state: State) -> dict[str, float | None]:
-        """``top1``, ``loss``, ``top1_se``, ``loss_se`` of one subnet (None: not evaluated, failed or not
-        reported; an evaluator that reports plain numbers gives only the search's metric)."""
-        key = self._key(base, stage, state)
-        out: dict[str, float | None] = dict.fromkeys(MEASURES)
-        out.update(self.metrics.get(key, {}))
-        metric, value = self.options.metric, self.cache.get(key)
-        if out[metric] is None and value is not None and math.isfinite(value):
-            out[metric] = value if metric == "top1" else -value
-        return out
-
-    def top1(self, base: Base, stage: int, state: State) -> float | None:
-        """The top-1 of one subnet, None if not evaluated (or not reported), NaN if its evaluation failed."""
-        if self.options.metric == "top1":
-            return self.score(base, stage, state)
-        return self.metrics.get(self._key(base, stage, state), {}).get("top1")
-
-    def noise(self, base: Base, stage: int, state: State) -> float:
-        """The standard error of one subnet's score (the evaluator's bootstrap SE of the metric), NaN if unknown."""
-        se = self.metrics.get(self._key(base, stage, state), {}).get(f"{self.options.metric}_se")
-        return math.nan if se is None else se
+        return c.family_key(self.objective)
 
     def violation(self, c: Candidate) -> float:
         """Total relative FLOPs violation over the candidate's stages (0: feasible)."""
-        return self.objective.violation(self.subnets(c))
-
-    def fitness(self, c: Candidate) -> float:
-        """The objective's weighted mean score over the candidate's stages (NaN: a stage failed or is missing)."""
-        return self.objective.fitness({s: self.score(c.base, s, c.states[s]) for s in c.stages})  # type: ignore
-
-    def fitness_noise(self, c: Candidate) -> float:
-        """The noise of :meth:`fitness` (:meth:`FamilyObjective.fitness_noise`; NaN when a member's is unknown)."""
-        return self.objective.fitness_noise({s: self.noise(c.base, s, c.states[s]) for s in c.stages})  # type: ignore
-
-    def cost(self, c: Candidate) -> float:
-        """The tie-break cost (lower first) of ``tie_break``: :meth:`FamilyObjective.cost`."""
-        return self.objective.cost(self.subnets(c), self.options.tie_break)
+        return self.objective.violation(c.members(self.objective))
 
     def feasible(self, c: Candidate) -> bool:
         return self.violation(c) == 0.0
 
-    def tie_width(self) -> float:
-        """Fitness differences below this are ties: ``tie_tolerance`` if set, else the measured noise, the median
-        standard error of the metric over the subnets evaluated so far (0 while none reported one)."""
-        if self.options.tie_tolerance is not None:
-            return float(self.options.tie_tolerance)
-        name = f"{self.options.metric}_se"
-        errors = [m[name] for k, m in self.metrics.items()
-                  if name in m and math.isfinite(self.cache.get(k, math.nan))]
-        return float(np.median(errors)) if errors else 0.0
+    def cost(self, c: Candidate) -> float:
+        """The tie-break cost (lower first) of ``tie_break``: :meth:`FamilyObjective.cost`."""
+        return self.objective.cost(c.members(self.objective), self.options.tie_break)
 
     def rank(self, candidates: Iterable[Candidate]) -> list[Candidate]:
         """Candidates best first, without duplicate families.
 
         Feasibility-first (:meth:`FamilyObjective.selection_key`; stable: exact ties keep their order). Then,
-        with a positive :meth:`tie_width` w, the feasible candidates are taken in tie groups: the best one left
-        and every one whose fitness is within w of it (strictly less than w below it); a group is ordered by
-        :meth:`cost` (``tie_break``: nearest the FLOPs targets, or the cheaper, first), then by fitness, then by
-        the order given. Deterministic.
+        with a positive :meth:`SearchResults.tie_width` w, the feasible candidates are taken in tie groups: the
+        best one left and every one whose fitness is within w of it (strictly less than w below it); a group is
+        ordered by :meth:`cost` (``tie_break``: nearest the FLOPs targets, or the cheaper, first), then by
+        fitness, then by the order given. Deterministic.
         """
         unique: dict[tuple[tuple[int, str], ...], Candidate] = {}
         for c in candidates:
             unique.setdefault(self.family_key(c), c)
         key = self.objective.selection_key
-        scored = [(c, self.violation(c), self.fitness(c)) for c in unique.values()]
+        scored = [(c, self.violation(c), self.results.fitness(c)) for c in unique.values()]
         ordered = sorted(scored, key=lambda t: key(t[1], t[2]))
-        width = self.tie_width() if ordered else 0.0
+        width = self.results.tie_width() if ordered else 0.0
         if width <= 0:
             return [c for c, _, _ in ordered]
         head = [t for t in ordered if t[1] == 0.0 and math.isfinite(t[2])]  # a prefix of ``ordered``
@@ -342,73 +253,19 @@ class Strategy:
             i = j
         return out + [c for c, _, _ in ordered[len(head):]]
 
-    # ------------------------------------------------------------------ breeding helpers
-    def mutate_base(self, parents: Sequence[Base]) -> Base:
-        """Uniform per-stage crossover of two parents, then depth +-1 per stage and op resampling per layer."""
-        a, b = self.rng.choice(parents), self.rng.choice(parents)
-        layers = [list(a[i] if self.rng.random() < 0.5 else b[i]) for i in range(self.space.num_stages)]
-        for i, st in enumerate(self.space.stages):
-            if st.max_layers > 1 and self.rng.random() < self.options.depth_mutation:
-                grow = len(layers[i]) == 1 or (len(layers[i]) < st.max_layers and self.rng.random() < 0.5)
-                if grow:
-                    layers[i].append(self.rng.choice(st.ops))
-                else:
-                    layers[i].pop()
-            for j in range(len(layers[i])):
-                if self.rng.random() < self.options.op_mutation:
-                    layers[i][j] = self.rng.choice(st.ops)
-        return tuple(tuple(x) for x in layers)
-
-    def random_state(self, base: Base, stage: int, exclude: State | None = None) -> State:
-        """A uniformly drawn feasible state of ``stage`` (any state if none is feasible), not ``exclude``."""
-        obj = self.objective
-        feasible = obj.feasible_states(base, stage) if obj.stage_possible(base, stage) else []
-        pool = [x for x in feasible if x != exclude] or \
-            [x for x in obj.all_states(stage) if x != exclude] or [exclude]  # type: ignore[list-item]
-        return self.rng.choice(pool)  # type: ignore[return-value]
-
-    def random_family(self, chain_sampler: Callable[[Base], list[State]] | None = None,
-                      parents: Sequence[Base] | None = None) -> Candidate:
-        """A base (random, or bred from ``parents``) with a chain; the chain is only drawn with care
-        (FLOPs tables) when the base can be feasible at all, which keeps rejected tries cheap."""
-        base = self.mutate_base(parents) if parents else sample_base(self.space, self.rng)
-        stages = range(self.n + 1)
-        if chain_sampler is not None and self.objective.base_promising(base, stages):
-            chain = chain_sampler(base)
-        elif chain_sampler is None and self.objective.base_promising(base, stages):
-            chain = [self.random_state(base, s) for s in range(1, self.n + 1)]
-        else:  # hopeless base: any chain, only kept if every try is as bad
-            chain = [self.rng.choice(self.objective.all_states(s)) for s in range(1, self.n + 1)]
-        return Candidate(base, ((0, 0, 0), *chain))
-
     def propose_unique(self, count: int, make: Callable[[], Candidate],
                        batch: list[Candidate] | None = None) -> list[Candidate]:
-        """``count`` new candidates from ``make``, each feasible and never proposed before.
-
-        Each one gets at most ``max_tries`` tries; when none is feasible the least-violating new one is kept
-        and a give-up is counted (``gave_up``), so an unreachable band never hangs the search.
-        """
-        out = batch if batch is not None else []
-        for _ in range(count):
-            best: Candidate | None = None
-            best_v = math.inf
-            best_key = None
-            for _ in range(self.options.max_tries):
-                c = make()
-                key = self.family_key(c)
-                if key in self._seen:
-                    continue
-                v = self.violation(c)
-                if v < best_v:
-                    best, best_v, best_key = c, v, key
-                if v == 0.0:
-                    break
-            if best is None or best_v > 0.0:
-                self.gave_up += 1
-            if best is not None:
-                self._seen.add(best_key)  # type: ignore[arg-type]
-                out.append(best)
+        """``count`` new candidates from ``make``, each feasible and never proposed before
+        (:func:`scalenas.search.operators.propose_unique` with ``max_tries``; give-ups are counted in ``gave_up``)."""
+        out, gave_up = operators.propose_unique(self.objective, make, count, self._seen, self.options.max_tries,
+                                                batch)
+        self.gave_up += gave_up
         return out
+
+    def mutate(self, parents: Sequence[Base]) -> Base:
+        """A base bred from ``parents`` (:func:`scalenas.search.operators.mutate_base` at this search's rates)."""
+        return operators.mutate_base(self.space, self.rng, parents, self.options.depth_mutation,
+                                     self.options.op_mutation)
 
     def add_if_new(self, c: Candidate, batch: list[Candidate]) -> bool:
         key = self.family_key(c)
@@ -426,11 +283,12 @@ class Strategy:
                    f"after {self.options.max_tries} tries (no feasible new candidate; kept the least-violating)")
             logger.warning(msg)
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
-        remaining = math.inf if self.options.budget is None else self.options.budget - len(self.cache)
+        cache = self.results.cache
+        remaining = math.inf if self.options.budget is None else self.options.budget - len(cache)
         chosen: list[Candidate] = []
         new: set[str] = set()
         for c in candidates:
-            missing = {k for _, k in self.family_key(c) if k not in self.cache and k not in new}
+            missing = {k for _, k in self.family_key(c) if k not in cache and k not in new}
             if len(new) + len(missing) > remaining:
                 self.budget_hit = True  # keep looking: a later candidate may reuse cached subnets
                 continue
@@ -438,7 +296,7 @@ class Strategy:
             new |= missing
         self.population = chosen
         self._gen_started = None
-        self._evals_at_start = len(self.cache)
+        self._evals_at_start = len(cache)
         if not chosen:
             self.done = True
 
@@ -446,9 +304,9 @@ class Strategy:
         out: list[Subnet] = []
         seen: set[str] = set()
         for c in self.population:
-            for _, sub in self.subnets(c):
+            for _, sub in c.members(self.objective):
                 k = built_key(self.space, sub)
-                if k not in self.cache and k not in seen:
+                if k not in self.results.cache and k not in seen:
                     seen.add(k)
                     out.append(sub)
         return out
@@ -473,34 +331,13 @@ class Strategy:
         for text, value in results.items():
             sub = parse_subnet(json.loads(text), self.space, source="result")
             key = built_key(self.space, sub)
-            if key in self.cache:
+            if key in self.results.cache:
                 continue  # already known (a duplicate report): the first value stands
             if key not in pending:
                 raise ScalenasError(f"result for a subnet the search did not ask for: {sub.short()}")
-            score, measured = self._score(value, sub)
-            self.cache[key] = score
-            if measured:
-                self.metrics[key] = measured
+            self.results.record(key, sub, value)
         self._maybe_finish()
-
-    def _score(self, value: float | Mapping[str, Any] | None, sub: Subnet) -> tuple[float, dict[str, float]]:
-        """(score, finite measures) of one result; the score is higher-is-better (top-1, or -loss)."""
-        metric = self.options.metric
-        measured: dict[str, float] = {}
-        if isinstance(value, Mapping):
-            if metric not in value:
-                raise ScalenasError(f"result for {sub.short()} has no {metric!r} (the search's metric); it has "
-                                    f"{', '.join(map(str, value)) or 'nothing'}")
-            for name in MEASURES:
-                x = value.get(name)
-                if x is not None and math.isfinite(float(x)):
-                    measured[name] = float(x)
-            raw = measured.get(metric)
-        else:
-            raw = None if value is None else float(value)
-        if raw is None or not math.isfinite(raw):
-            return math.nan, measured
-        return (raw if metric == "top1" else -raw), measured
+        self._publish()
 
     def _maybe_finish(self) -> None:
         # Bounded: every pass either stops or advances the generation counter toward options.generations.
@@ -509,109 +346,52 @@ class Strategy:
 
     def _finish_generation(self) -> None:
         evaluated = self.population
-        self.archive.extend((self.generation, c) for c in evaluated)
+        self.results.archive.extend((self.generation, c) for c in evaluated)
         self._after_generation(evaluated)
-        fits = np.array([self.fitness(c) for c in evaluated]) if evaluated else np.array([math.nan])
-        noises = np.array([self.fitness_noise(c) for c in evaluated]) if evaluated else np.array([math.nan])
-        best = self.best()
-        new_evals = len(self.cache) - self._evals_at_start
+        self._publish()
+        new_evals = len(self.results.cache) - self._evals_at_start
         elapsed = None if self._gen_started is None else time.monotonic() - self._gen_started
-        self.history.append({
-            "generation": self.generation,
-            "best_fitness": best.get("fitness"),
-            "fitness_noise": best.get("fitness_noise"),
-            "mean_fitness": float(np.nanmean(fits)) if np.isfinite(fits).any() else None,
-            "mean_fitness_noise": float(np.mean(noises[np.isfinite(noises)])) if np.isfinite(noises).any() else None,
-            "tie_width": self.tie_width(),
-            "feasible_share": float(np.mean([self.feasible(c) for c in evaluated])) if evaluated else 0.0,
-            "evaluations": len(self.cache),
-            "evaluations_per_s": (new_evals / elapsed) if elapsed else None,
-            "gave_up": self.gave_up,
-        })
+        self.results.log_generation(self.generation, evaluated, self.gave_up, (new_evals / elapsed) if elapsed
+                                    else None)
         self.generation += 1
         self.population = []
-        exhausted = self.options.budget is not None and len(self.cache) >= self.options.budget
+        exhausted = self.options.budget is not None and len(self.results.cache) >= self.options.budget
         if self.generation >= self.max_generations() or exhausted or self.budget_hit or self._is_finished():
             self.done = True
             return
         self.gave_up = 0
         self._begin(self._propose())
 
+    def _publish(self) -> None:
+        """Hand :attr:`results` what only the strategy knows: its best family and what it learned."""
+        self._pick_best()
+        self.results.transitions = self.transition_report()
+
     # ------------------------------------------------------------------ results
-    def best_candidate(self) -> Candidate | None:
-        """The best evaluated family (feasibility-first), None before any family was evaluated."""
-        families = [c for _, c in self.archive if c.is_family]
-        return self.rank(families)[0] if families else None
-
-    def stage_row(self, base: Base, stage: int, state: State) -> dict[str, Any]:
-        sub = self.subnet(base, stage, state)
-        flops, params = subnet_flops_params(self.space, sub)
-        m = self.measures(base, stage, state)
-        top1 = self.top1(base, stage, state)
-        return {"stage": stage, "target_flops": self.targets[stage], "flops": flops, "params": params,
-                "resolution": sub.resolution, "depth_mult": sub.depth, "width_mult": sub.width,
-                "top1": None if top1 is None or math.isnan(top1) else top1, "top1_se": m["top1_se"],
-                "loss": m["loss"], "loss_se": m["loss_se"],
-                "feasible": self.objective.stage_violation(stage, flops) == 0.0, "arch": sub.to_json()}
-
-    def _best_dict(self, members: list[tuple[Base, int, State]]) -> dict[str, Any]:
-        """best() of a family given as (base, stage, state) per stage 0..S."""
-        family = [self.stage_row(*m) for m in members]
-        fitness = self.objective.fitness({s: self.score(b, s, x) for b, s, x in members})
-        noise = self.objective.fitness_noise({s: self.noise(b, s, x) for b, s, x in members})
-        chain = []
-        for base, s, x in members[1:]:
-            sc = self.space.scaling[s]
-            chain.append({"stage": s, "index": list(x), "depth": sc.depth[x[0]], "width": sc.width[x[1]],
-                          "resolution": sc.resolution[x[2]]})
-        return {"strategy": self.name, "base": base_to_json(members[0][0]), "chain": chain, "family": family,
-                "fitness": fitness if math.isfinite(fitness) else None,
-                "fitness_noise": noise if math.isfinite(noise) else None, "metric": self.options.metric,
-                "feasible": all(r["feasible"] for r in family)}
-
     def best(self) -> dict[str, Any]:
-        """The best family: base, chain (indices and values), family rows per stage, fitness and its noise,
-        the metric, feasibility.
-
-        Empty family (and None fitness) if no complete family has been evaluated yet.
-        """
-        c = self.best_candidate()
-        if c is None:
-            return {"strategy": self.name, "base": None, "chain": [], "family": [], "fitness": None,
-                    "fitness_noise": None, "metric": self.options.metric, "feasible": False}
-        return self._best_dict([(c.base, s, c.states[s]) for s in range(self.n + 1)])  # type: ignore[misc]
-
-    def pareto_rows(self) -> list[dict[str, Any]]:
-        """One row per evaluated (candidate, stage), in evaluation order (``is_pareto`` added by reports)."""
-        rows = []
-        for cand_id, (gen, c) in enumerate(self.archive):
-            for s in c.stages:
-                rows.append({"generation": gen, "candidate": cand_id,
-                             **self.stage_row(c.base, s, c.states[s])})  # type: ignore[arg-type]
-        return rows
-
-    def transition_report(self) -> dict[str, Any] | None:
-        """pi and T_s with labels, for strategies that learn a Markov chain."""
-        return None
+        """:meth:`SearchResults.best`: the best family (base, chain, rows per stage, fitness and its noise)."""
+        self._publish()
+        return self.results.best()
 
     @property
     def evaluations(self) -> int:
         """Unique subnet evaluations so far (the budget's unit)."""
-        return len(self.cache)
+        return len(self.results.cache)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """The whole search state, JSON-able (NaN stored as null)."""
+        results = self.results.state_dict()
         return {
             "format": STATE_FORMAT, "strategy": self.name, "space": self.space.name, "targets": self.targets,
             "options": self.options.to_dict(), "rng": _rng_state(self.rng), "generation": self.generation,
             "done": self.done, "budget_hit": self.budget_hit, "gave_up": self.gave_up,
-            "evaluations": len(self.cache),
-            "cache": {k: (None if math.isnan(v) else v) for k, v in self.cache.items()},
-            "metrics": self.metrics,
+            "evaluations": self.evaluations,
+            "cache": results["cache"],
+            "metrics": results["metrics"],
             "population": [c.to_dict() for c in self.population],
-            "archive": [[g, c.to_dict()] for g, c in self.archive],
-            "history": self.history,
+            "archive": results["archive"],
+            "history": results["history"],
             "extra": self._extra_state(),
         }
 
@@ -640,16 +420,15 @@ class Strategy:
         self.done = bool(state["done"])
         self.budget_hit = bool(state["budget_hit"])
         self.gave_up = int(state["gave_up"])
-        self.cache = {k: (math.nan if v is None else float(v)) for k, v in state["cache"].items()}
-        self.metrics = {k: {name: float(v) for name, v in m.items() if name in MEASURES}
-                        for k, m in (state.get("metrics") or {}).items()}
+        self.results = self._new_results()
+        self.results.load_state_dict(state)
         self.population = [Candidate.from_dict(c) for c in state["population"]]
-        self.archive = [(int(g), Candidate.from_dict(c)) for g, c in state["archive"]]
-        self.history = [dict(r) for r in state["history"]]
-        self._seen = {self.family_key(c) for c in self.population} | {self.family_key(c) for _, c in self.archive}
+        self._seen = {self.family_key(c) for c in self.population} | \
+            {self.family_key(c) for _, c in self.results.archive}
         self._gen_started = None
-        self._evals_at_start = len(self.cache)
+        self._evals_at_start = len(self.results.cache)
         self._load_extra_state(state.get("extra", {}))
+        self._publish()
 
     def _cands(self, items: Iterable[Mapping[str, Any]]) -> list[Candidate]:
         return [Candidate.from_dict(c) for c in items]

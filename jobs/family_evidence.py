@@ -70,6 +70,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from scalenas.errors import ScalenasError
+from scalenas.runs import SearchFolder
 
 PROG = "family_evidence.py"
 STRATEGIES = ("markov", "compound", "random")
@@ -145,15 +146,12 @@ def search_folder(strategy: str, weights: list[float] | None, n_stages: int) -> 
 
 
 def _done(folder: Path) -> bool:
-    try:
-        return bool(json.loads((folder / "state.json").read_text()).get("done"))
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return False
+    return bool(SearchFolder(folder).state_done())
 
 
 def _config(folder: Path) -> dict[str, Any]:
     try:
-        return json.loads((folder / "search_config.json").read_text())
+        return json.loads((folder / SearchFolder.CONFIG).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ScalenasError(f"{folder}/search_config.json: unreadable ({type(exc).__name__})") from None
 
@@ -165,7 +163,7 @@ def run_search(strategy: str, ckpt: Path, out: Path, targets: list[int], options
     from scalenas.search.job import EvaluationSettings, search_supernet
     from scalenas.search.strategy import SearchOptions
 
-    if (out / "search_config.json").is_file():
+    if (out / SearchFolder.CONFIG).is_file():
         cfg = _config(out)
         used = Path(cfg.get("supernet", ""))
         if used.resolve() != ckpt.resolve() or cfg.get("strategy") != strategy:
@@ -175,7 +173,7 @@ def run_search(strategy: str, ckpt: Path, out: Path, targets: list[int], options
         if differ or [int(t) for t in cfg.get("targets", targets)] != [int(t) for t in targets]:
             raise ScalenasError(f"{out} holds a {strategy} search with other "
                                 f"{', '.join(differ) or 'targets'}; give another --out")
-    resume = (out / "state.json").is_file()
+    resume = (out / SearchFolder.STATE).is_file()
     if resume and _done(out):
         print(f"{strategy} search: reusing the finished one in {out}", flush=True)
         return out
@@ -195,7 +193,7 @@ def extrapolated_rows(folder: Path):
     """The family.csv of ``folder`` and whether it holds extrapolated rows."""
     from scalenas.report.family import read_family_csv
 
-    fam = read_family_csv(folder / "family.csv")
+    fam = read_family_csv(folder / SearchFolder.FAMILY)
     kinds = fam["kind"].fillna("searched") if "kind" in fam.columns else None
     return fam, kinds is not None and bool((kinds == "extrapolated").any())
 
@@ -210,7 +208,7 @@ def check_markov(folder: Path, space_name: str | None) -> dict[str, Any]:
     strategy = found["best"].get("strategy")
     if strategy != "markov":
         raise ScalenasError(f"--search {folder}: a {strategy!r} search; give a markov search")
-    if not (folder / "family.csv").is_file():
+    if not (folder / SearchFolder.FAMILY).is_file():
         raise ScalenasError(f"--search {folder}: no family.csv")
     _, has = extrapolated_rows(folder)
     if not has:

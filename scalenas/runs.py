@@ -41,10 +41,10 @@ def latest_run(kind_file: str = SUPERNET_CKPT, missing: str | None = None) -> Pa
 def _search_info(folder: Path) -> tuple[bool, float]:
     """(whether the strategy is the preferred one, mtime of best.json)."""
     try:
-        strategy = json.loads((folder / "best.json").read_text()).get("strategy")
+        strategy = json.loads((folder / SearchFolder.BEST).read_text()).get("strategy")
     except (OSError, json.JSONDecodeError, AttributeError):
         strategy = None
-    return strategy == PREFERRED_STRATEGY, (folder / "best.json").stat().st_mtime
+    return strategy == PREFERRED_STRATEGY, (folder / SearchFolder.BEST).stat().st_mtime
 
 
 def pick_search(folders: list[Path]) -> Path | None:
@@ -58,14 +58,14 @@ def find_search_dir(run: str | None) -> Path:
         p = Path(run)
         if not p.is_dir():
             raise ScalenasError(f"--run {run}: not a directory")
-        if (p / "best.json").is_file():
+        if (p / SearchFolder.BEST).is_file():
             return p
-        found = pick_search([q for q in p.glob("search*") if (q / "best.json").is_file()])
+        found = pick_search([q for q in p.glob("search*") if (q / SearchFolder.BEST).is_file()])
         if found is None:
             raise ScalenasError(f"--run {run}: no finished search there (no best.json in it or in {run}/search*); "
                                 "run scalenas search first")
         return found
-    found = pick_search([q for q in RUNS_DIR.glob("*/search*") if (q / "best.json").is_file()])
+    found = pick_search([q for q in RUNS_DIR.glob("*/search*") if (q / SearchFolder.BEST).is_file()])
     if found is None:
         raise ScalenasError(f"no finished search under {RUNS_DIR}/*/search* (run scalenas search first, or give --run)")
     return found
@@ -114,6 +114,8 @@ class RunFolder:
     PANEL = "panel.csv"
     SUMMARY = "run_summary.json"
     RESULT = "result.json"
+    ARCH = "arch.json"
+    FINAL = "final.pt"
 
     def __init__(self, path: str | Path):
         self.path = Path(path)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from scalenas.cli.common import add_option_flags, given, number
 from scalenas.errors import ScalenasError
+from scalenas.runs import SearchFolder
 from scalenas.search.job import EvaluationSettings
 from scalenas.search.strategies import strategy_names
 from scalenas.search.strategy import SearchOptions
@@ -87,7 +88,7 @@ def print_family(out: Path) -> None:
     """The best family of the search in ``out`` (what ``scalenas search`` prints at the end)."""
     import pandas as pd
 
-    fam = pd.read_csv(out / "family.csv")
+    fam = pd.read_csv(out / SearchFolder.FAMILY)
     cols = [c for c in ("stage", "target_flops", "flops", "params", "resolution", "depth_mult", "width_mult",
                         "top1", "loss", "feasible") if c in fam.columns and (c != "loss" or fam[c].notna().any())]
     print(fam[cols].to_string(index=False))

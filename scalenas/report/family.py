@@ -78,22 +78,16 @@ def read_family_csv(path: Path) -> pd.DataFrame:
 def read_search(folder: Path, require_done: bool = True) -> dict[str, Any]:
     """best.json (+ chain.json) of a finished search, validated; raises ScalenasError otherwise."""
     try:
-        best = json.loads((folder / "best.json").read_text())
+        best = json.loads((folder / SearchFolder.BEST).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ScalenasError(f"{folder}/best.json: unreadable ({type(exc).__name__})") from None
-    state_path = folder / "state.json"
-    if require_done and state_path.is_file():
-        try:
-            done = bool(json.loads(state_path.read_text()).get("done"))
-        except (OSError, json.JSONDecodeError):
-            done = False
-        if not done:
-            raise ScalenasError(f"the search in {folder} is not finished; continue it with "
-                                f"scalenas search --resume --out {folder}")
+    if require_done and SearchFolder(folder).state_done() is False:
+        raise ScalenasError(f"the search in {folder} is not finished; continue it with "
+                            f"scalenas search --resume --out {folder}")
     if not isinstance(best, dict) or not best.get("base") or not isinstance(best.get("chain"), list) \
             or not best["chain"]:
         raise ScalenasError(f"{folder}/best.json holds no complete family (base and chain); the search found none")
-    chain_path = folder / "chain.json"
+    chain_path = folder / SearchFolder.CHAIN
     chain_doc = None
     if chain_path.is_file():
         try:
@@ -121,7 +115,7 @@ def search_space(folder: Path, best: dict[str, Any]):
         return load_space(str(own))
     ckpt = None
     try:
-        ckpt = json.loads((folder / "search_config.json").read_text())["supernet"]
+        ckpt = json.loads((folder / SearchFolder.CONFIG).read_text())["supernet"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
         pass
     if isinstance(ckpt, str) and ckpt:
@@ -179,7 +173,7 @@ def extrapolate_search(folder: Path, steps: int, growth: float | None = None,
         raise ScalenasError(f"{folder} already holds extrapolated members up to s{larger[-1]}; --steps {steps} would "
                             f"stop at s{last_new}: give --steps {steps + larger[-1] - last_new} (or more) to keep "
                             "them, or --replace to drop the larger ones")
-    fam_path = folder / "family.csv"  # read (and checked) before anything is written
+    fam_path = folder / SearchFolder.FAMILY  # read (and checked) before anything is written
     if fam_path.is_file():
         fam = read_family_csv(fam_path)
         if "kind" not in fam.columns:
@@ -233,7 +227,7 @@ def extrapolate_search(folder: Path, steps: int, growth: float | None = None,
         "note": "extrapolated members lie outside the supernet: train them standalone (scalenas train --arch "
                 "FILE) or grow a trained smaller member (scalenas grow)",
     }
-    atomic_write_json(folder / "extrapolation.json", doc)
+    atomic_write_json(folder / SearchFolder.EXTRAPOLATION, doc)
     return doc
 
 
@@ -267,7 +261,7 @@ def standalone_results(folder: Path, space) -> dict[str, dict[str, Any]]:
     seen_dirs: set[Path] = set()
     record = search_data(folder)
     want = record["fingerprint"] if record is not None else None
-    sa = folder / "standalone.csv"
+    sa = folder / SearchFolder.STANDALONE
     if sa.is_file():
         frame = read_table(sa, (), "table of standalone results")
         if "data_fingerprint" in frame.columns:
@@ -317,7 +311,7 @@ def family_table(folder: Path):
     """The family of the search in ``folder`` as a DataFrame with :data:`COLUMNS`."""
     found = read_search(folder, require_done=False)
     space = search_space(folder, found["best"])
-    fam_path = folder / "family.csv"
+    fam_path = folder / SearchFolder.FAMILY
     if fam_path.is_file():
         fam = read_family_csv(fam_path)
     else:
@@ -422,13 +416,13 @@ def plot_family(frame, title: str) -> bytes:
 
 
 def write_plots(folder: Path, frame) -> list[Path]:
-    best = json.loads((folder / "best.json").read_text())
+    best = json.loads((folder / SearchFolder.BEST).read_text())
     name = f"{best.get('space', '?')}: {best.get('strategy', '?')} search"
     paths = []
-    if (folder / "pareto.csv").is_file():
-        pareto = read_table(folder / "pareto.csv", ("flops", "top1", "stage"), "pareto table")
+    if (folder / SearchFolder.PARETO).is_file():
+        pareto = read_table(folder / SearchFolder.PARETO, ("flops", "top1", "stage"), "pareto table")
         fam = family_frame(best)
-        paths.append(atomic_write_bytes(folder / "pareto.png", plot_pareto(pareto, fam, name)))
+        paths.append(atomic_write_bytes(folder / SearchFolder.PLOT, plot_pareto(pareto, fam, name)))
     paths.append(atomic_write_bytes(folder / "family.png", plot_family(frame, f"{name}: family")))
     return paths
 

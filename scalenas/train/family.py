@@ -34,7 +34,7 @@ STANDALONE_COLUMNS = ["stage", "kind", "arch", "holdout_top1", "test_top1", "run
 def family_members(search_dir: str | Path) -> list[dict[str, Any]]:
     """The members of the search in ``search_dir`` by stage: ``{stage, kind, arch}`` (arch as canonical JSON)."""
     folder = Path(search_dir)
-    fam_path = folder / "family.csv"
+    fam_path = folder / SearchFolder.FAMILY
     if not folder.is_dir():
         raise ScalenasError(f"--family {folder}: not a directory")
     if not fam_path.is_file():
@@ -130,7 +130,7 @@ def train_family(search_dir: str | Path, cfg: TrainConfig, *, grow: bool = False
 
 def _write_standalone(folder: Path, rows: list[dict[str, Any]]) -> None:
     """Merge ``rows`` into SEARCH_DIR/standalone.csv (rows of the same run folder are replaced)."""
-    path = folder / "standalone.csv"
+    path = folder / SearchFolder.STANDALONE
     new = pd.DataFrame(rows, columns=STANDALONE_COLUMNS)
     if path.is_file():
         try:

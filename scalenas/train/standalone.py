@@ -391,10 +391,10 @@ def _train_standalone(cfg: TrainConfig, spec: ModelSpec | None, out_dir: Path, d
     cfg_record = {**cfg.to_dict(), "data_seed": data_seed}
 
     make_dir(out_dir)
-    atomic_write_text(out_dir / "config.yaml", dump_config(cfg))
-    data.save_info(out_dir / "split.json")
+    atomic_write_text(out_dir / RunFolder.CONFIG, dump_config(cfg))
+    data.save_info(out_dir / RunFolder.SPLIT)
     RunFolder(out_dir).write_data_record(record)
-    atomic_write_json(out_dir / "arch.json", spec.arch_record())
+    atomic_write_json(out_dir / RunFolder.ARCH, spec.arch_record())
 
     def save(finished: bool) -> None:
         atomic_torch_save(out_dir / TRAIN_CKPT_NAME, {

@@ -11,7 +11,7 @@ from scalenas.train.config import DEFAULT_JOB, TrainConfig, load_job
 # TrainConfig keys that are flags of train-supernet (defaults, choices and help come from TrainConfig).
 FLAGS = ("space", "data", "data_seed", "holdout_frac", "test_frac", "store_size", "augment", "flip", "source", "workers", "memory_limit_mb", "max_bad_frac", "rescan_data", "epochs", "steps", "batch_size", "optimizer", "lr",
          "schedule", "momentum", "weight_decay", "warmup_steps", "label_smoothing", "sampling", "sandwich",
-         "inplace_distill", "sandwich_largest", "device", "amp", "cudnn", "threads", "seed", "checkpoint_every", "log_every", "tensorboard", "bn_calib_batches",
+         "inplace_distill", "sandwich_largest", "device", "amp", "cudnn", "conv_impl", "threads", "seed", "checkpoint_every", "log_every", "tensorboard", "bn_calib_batches",
          "panel_random")
 
 

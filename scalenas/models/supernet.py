@@ -16,11 +16,20 @@ the feature they normalise. ``side`` (0 or 1) is the *coupling side* of a pass. 
 scalenas trains each step on one coupling side (drawn per step), and reports fitness and exports standalone
 models for side 0: the fitness a search reports and the exported model always agree (the paper instead summed
 the logits of both coupled passes at evaluation; a standalone model can only hold one).
+
+Convolution paths (``SuperNet.conv_impl``, the job key ``conv_impl``). ``conv``: every convolution is
+``F.conv2d`` on the weight slices. ``gemm``: every 1x1 convolution (expand, SE, project, head) is one matrix
+product over the N·H·W pixels, and every depthwise convolution runs on PyTorch's own depthwise kernel with cuDNN
+off in both passes; only the stem stays a convolution. A supernet meets a new set of shapes at every step, and
+cuDNN builds an execution plan for each new one; a matrix product needs none. ``auto``: gemm on CUDA, conv
+elsewhere (CPU results stay bit-identical to earlier versions). Sliced BatchNorm never reaches cuDNN on either
+path (:class:`DynamicBN`).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +38,10 @@ from torch import nn
 from scalenas.spaces.arch import Derived, LayerSpec, Subnet, derive_subnet, se_channels
 from scalenas.errors import ScalenasError
 from scalenas.spaces.space import SearchSpace, load_space
-from scalenas.models.standalone import BN_EPS, BN_MOMENTUM, StandaloneNet
+from scalenas.models.standalone import (BN_EPS, BN_MOMENTUM, BN_STATE, IR_LAST_BN, IR_ROWS, IR_TENSORS, IRBlock,
+                                        IRTensor, StandaloneNet)
+
+CONV_IMPLS = ("auto", "conv", "gemm")
 
 
 @dataclass(frozen=True)
@@ -100,8 +112,94 @@ class SliceLayout:
         return SlicePlan(stem, tuple(layers), cur)
 
 
+def resolve_conv_impl(setting: str, device: torch.device | str) -> str:
+    """``conv`` or ``gemm`` for ``setting`` (``auto`` | ``conv`` | ``gemm``) on ``device``: auto is gemm on CUDA
+    and conv elsewhere, so CPU results stay bit-identical to the plain convolution path."""
+    if setting not in CONV_IMPLS:
+        raise ScalenasError(f"conv_impl must be one of {', '.join(CONV_IMPLS)}, got {setting!r}")
+    if setting != "auto":
+        return setting
+    return "gemm" if torch.device(device).type == "cuda" else "conv"
+
+
+@contextmanager
+def cudnn_disabled() -> Iterator[None]:
+    """cuDNN off for the block (process-wide flag, restored after)."""
+    before = torch.backends.cudnn.enabled
+    torch.backends.cudnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.enabled = before
+
+
+def pointwise(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """A 1x1 convolution as a matrix product (cuBLAS: no per-shape plan to build), in the input's memory format.
+
+    channels_last input (the CUDA default): the pixels are the rows of one (N·H·W) x C matrix, a view of the input,
+    so forward and both backward passes are one matrix product each over N·H·W, and the output is channels_last.
+    NCHW input: one batched product ``W @ x[n]`` over the N images (no copy), NCHW output.
+    """
+    n, c, h, wd = x.shape
+    w2 = w.reshape(w.shape[0], c)
+    if h * wd == 1:  # a pooled vector (the SE): a plain linear layer
+        return F.linear(x.reshape(n, c), w2, b).reshape(n, -1, 1, 1)
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        y = F.linear(x.permute(0, 2, 3, 1).reshape(n * h * wd, c), w2, b)
+        return y.view(n, h, wd, -1).permute(0, 3, 1, 2)
+    y = torch.matmul(w2, x.reshape(n, c, h * wd))
+    if b is not None:
+        y = y + b.reshape(-1, 1)
+    return y.view(n, -1, h, wd)
+
+
+class _Depthwise(torch.autograd.Function):
+    """A depthwise convolution whose forward and both backward passes run with cuDNN off: on CUDA that is
+    PyTorch's own depthwise kernel (cuDNN would plan every new shape, and always takes channels_last input).
+    Inputs arrive already cast (autocast does not reach inside a custom function)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
+        ctx.save_for_backward(x, w)
+        ctx.stride, ctx.padding = stride, padding
+        with cudnn_disabled():
+            return F.conv2d(x, w, None, stride, padding, 1, w.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, w = ctx.saved_tensors
+        s, p = ctx.stride, ctx.padding
+        with cudnn_disabled():
+            gx, gw, _ = torch.ops.aten.convolution_backward(
+                grad.contiguous(), x, w, None, [s, s], [p, p], [1, 1], False, [0, 0], w.shape[0],
+                [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
+        return gx, gw, None, None
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype in force for ``device_type``, None when autocast is off there."""
+    try:
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    except (AttributeError, TypeError):  # torch < 2.4: only the CUDA query exists
+        return torch.get_autocast_gpu_dtype() if device_type == "cuda" and torch.is_autocast_enabled() else None
+
+
+def depthwise(x: torch.Tensor, w: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
+    """The gemm path's depthwise convolution (:class:`_Depthwise`), in the autocast dtype when autocast is on."""
+    dtype = _autocast_dtype(x.device.type) or x.dtype
+    # NCHW: the layout PyTorch's depthwise kernel works in (it would copy a channels_last input itself on CUDA;
+    # on CPU a channels_last depthwise sums its weight gradient less accurately).
+    return _Depthwise.apply(x.to(dtype).contiguous(), w.to(dtype), stride, padding)
+
+
 class DynamicBN(nn.Module):
-    """BatchNorm over a channel slice of its capacity; running statistics are updated only on the slice."""
+    """BatchNorm over a channel slice of its capacity; running statistics are updated only on the slice.
+
+    Never on cuDNN: a right-side slice ``[C-c:]`` of the parameters is a view whose address need not be 16-byte
+    aligned, and cuDNN's batch norm (which PyTorch picks for fp16 and fp32 input) is reported to fail on such
+    pointers with "misaligned address". PyTorch's own kernel takes any view and updates the running statistics
+    in place, in the buffer.
+    """
 
     def __init__(self, cap: int):
         super().__init__()
@@ -113,8 +211,10 @@ class DynamicBN(nn.Module):
     def forward(self, x: torch.Tensor, sl: slice, net: "SuperNet") -> torch.Tensor:
         # A basic slice of a 1-D buffer is a contiguous view, so the in-place update reaches the buffer.
         momentum = BN_MOMENTUM if net.bn_momentum is None else net.bn_momentum
-        return F.batch_norm(x, self.running_mean[sl], self.running_var[sl], net.use(self.weight, sl),
-                            net.use(self.bias, sl), self.training, momentum, BN_EPS)
+        if self.training and x.numel() // x.shape[1] == 1:  # as F.batch_norm refuses it
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.size()}")
+        return torch.batch_norm(x, net.use(self.weight, sl), net.use(self.bias, sl), self.running_mean[sl],
+                                self.running_var[sl], self.training, momentum, BN_EPS, False)
 
     def reset_slice(self, sl: slice) -> None:
         self.running_mean[sl] = 0.0
@@ -128,52 +228,110 @@ def _conv_param(out_c: int, in_c: int, k: int) -> nn.Parameter:
 
 
 class DynamicIR(nn.Module):
-    """One op at one position: an inverted residual block at full capacity, run on channel slices."""
+    """One op at one position: an inverted residual block at full capacity, run on channel slices.
+
+    Its tensors, their kinds and channel groups come from :data:`~scalenas.models.standalone.IR_TENSORS` (shared
+    with the static :class:`~scalenas.models.standalone.IRBlock`): construction, the slices of the forward pass,
+    the kernel of each convolution on the gemm path, export, op alignment and zero-init all read that table.
+    """
 
     def __init__(self, kernel: int, expand: int, se: bool, in_cap: int, hidden_cap: int, se_cap: int,
                  out_cap: int):
         super().__init__()
         self.kernel = kernel
-        if expand != 1:
-            self.expand_w = _conv_param(hidden_cap, in_cap, 1)
-            self.expand_bn = DynamicBN(hidden_cap)
-        else:
-            self.expand_w = None
-            self.expand_bn = None
-        self.dw_w = _conv_param(hidden_cap, 1, kernel)
-        self.dw_bn = DynamicBN(hidden_cap)
-        if se:
-            self.se_reduce_w = _conv_param(se_cap, hidden_cap, 1)
-            self.se_reduce_b = nn.Parameter(torch.zeros(se_cap))
-            self.se_expand_w = _conv_param(hidden_cap, se_cap, 1)
-            self.se_expand_b = nn.Parameter(torch.zeros(hidden_cap))
-        else:
-            self.se_reduce_w = None
-        self.project_w = _conv_param(out_cap, hidden_cap, 1)
-        self.project_bn = DynamicBN(out_cap)
+        has = {"": True, "expand": expand != 1, "se": se}
+        caps = {"inp": in_cap, "hidden": hidden_cap, "se": se_cap, "out": out_cap}
+        for row in IR_TENSORS:  # the table's order is the initialisation order (one RNG stream)
+            if not has[row.needs]:
+                value = None
+            elif row.kind == "pointwise":
+                value = _conv_param(caps[row.out], caps[row.inp], 1)
+            elif row.kind == "depthwise":
+                value = _conv_param(caps[row.out], 1, kernel)
+            elif row.kind == "bias":
+                value = nn.Parameter(torch.zeros(caps[row.out]))
+            else:
+                value = DynamicBN(caps[row.out])
+            setattr(self, row.dynamic, value)
 
-    def forward(self, x: torch.Tensor, spec: LayerSpec, sl: LayerSlices, net: "SuperNet") -> torch.Tensor:
+    # ------------------------------------------------------------------ the forward pass
+    def _slices(self, row: IRTensor, sl: LayerSlices) -> tuple[slice, ...]:
+        return (getattr(sl, row.out),) + ((getattr(sl, row.inp),) if row.inp else ())
+
+    def _conv(self, name: str, y: torch.Tensor, sl: LayerSlices, net: "SuperNet", gemm: bool, bias: str = "",
+              stride: int = 1) -> torch.Tensor:
+        row = IR_ROWS[name]
+        w = net.use(getattr(self, name), *self._slices(row, sl))
+        b = net.use(getattr(self, bias), *self._slices(IR_ROWS[bias], sl)) if bias else None
+        if row.kind == "depthwise":
+            if gemm:
+                return depthwise(y, w, stride, self.kernel // 2)
+            return F.conv2d(y, w, None, stride, self.kernel // 2, 1, w.shape[0])
+        return pointwise(y, w, b) if gemm else F.conv2d(y, w, b)
+
+    def _bn(self, name: str, y: torch.Tensor, sl: LayerSlices, net: "SuperNet") -> torch.Tensor:
+        return getattr(self, name)(y, getattr(sl, IR_ROWS[name].out), net)
+
+    def forward(self, x: torch.Tensor, spec: LayerSpec, sl: LayerSlices, net: "SuperNet",
+                gemm: bool = False) -> torch.Tensor:
         y = x
         if self.expand_w is not None:
-            y = F.conv2d(y, net.use(self.expand_w, sl.hidden, sl.inp))
-            y = F.hardswish(self.expand_bn(y, sl.hidden, net))
-        y = F.conv2d(y, net.use(self.dw_w, sl.hidden), None, spec.stride, self.kernel // 2, 1, spec.hidden)
-        y = F.hardswish(self.dw_bn(y, sl.hidden, net))
+            y = F.hardswish(self._bn("expand_bn", self._conv("expand_w", y, sl, net, gemm), sl, net))
+        y = F.hardswish(self._bn("dw_bn", self._conv("dw_w", y, sl, net, gemm, stride=spec.stride), sl, net))
         if self.se_reduce_w is not None:
             s = F.adaptive_avg_pool2d(y, 1)
-            s = F.relu(F.conv2d(s, net.use(self.se_reduce_w, sl.se, sl.hidden), net.use(self.se_reduce_b, sl.se)))
-            s = F.hardsigmoid(F.conv2d(s, net.use(self.se_expand_w, sl.hidden, sl.se),
-                                       net.use(self.se_expand_b, sl.hidden)))
+            s = F.relu(self._conv("se_reduce_w", s, sl, net, gemm, bias="se_reduce_b"))
+            s = F.hardsigmoid(self._conv("se_expand_w", s, sl, net, gemm, bias="se_expand_b"))
             y = y * s
-        y = F.conv2d(y, net.use(self.project_w, sl.out, sl.hidden))
-        y = self.project_bn(y, sl.out, net)
+        y = self._bn("project_bn", self._conv("project_w", y, sl, net, gemm), sl, net)
         return x + y if spec.residual else y
 
+    # ------------------------------------------------------------------ the block's tensors
+    def parts(self) -> Iterator[tuple[IRTensor, Any]]:
+        """(table row, tensor or DynamicBN) of every tensor this op has."""
+        for row in IR_TENSORS:
+            value = getattr(self, row.dynamic)
+            if value is not None:
+                yield row, value
+
     def bns(self) -> list[tuple[DynamicBN, str]]:
-        out = [(self.dw_bn, "hidden"), (self.project_bn, "out")]
-        if self.expand_bn is not None:
-            out.append((self.expand_bn, "hidden"))
-        return out
+        """(BN, the LayerSlices group it normalises) of every BN of the block."""
+        return [(value, row.out) for row, value in self.parts() if row.kind == "bn"]
+
+    @torch.no_grad()
+    def export_to(self, blk: IRBlock, sl: LayerSlices) -> None:
+        """Copy this op's weights on the slices ``sl`` into the static block ``blk`` (same op and widths)."""
+        for row, value in self.parts():
+            dst = blk.part(row)
+            if row.kind == "bn":
+                for name in BN_STATE:
+                    getattr(dst, name).copy_(getattr(value, name)[getattr(sl, row.out)])
+            else:
+                dst.copy_(value[self._slices(row, sl)])
+
+    @torch.no_grad()
+    def align_to(self, ref: "DynamicIR") -> None:
+        """Start as the same function as ``ref`` (another op of the same position, smaller or equal kernel): copy
+        its 1x1 and SE weights, biases and BN affine parameters; hold its depthwise kernel at the centre of a
+        zero ring. The weights stay separate."""
+        for row, value in self.parts():
+            src = getattr(ref, row.dynamic)
+            if src is None:
+                continue
+            if row.kind == "depthwise":
+                pad = (self.kernel - ref.kernel) // 2
+                value.zero_()
+                value[:, :, pad:pad + ref.kernel, pad:pad + ref.kernel] = src
+            elif row.kind == "bn":
+                value.weight.copy_(src.weight)
+                value.bias.copy_(src.bias)
+            else:
+                value.copy_(src)
+
+    @torch.no_grad()
+    def zero_last_bn_scale(self) -> None:
+        """Zero the scale of the block's last BN: the branch starts adding zero (the identity when residual)."""
+        getattr(self, IR_LAST_BN.dynamic).weight.zero_()
 
 
 class SuperNet(nn.Module):
@@ -208,6 +366,8 @@ class SuperNet(nn.Module):
         self.record: list[tuple[nn.Parameter, tuple[slice, ...]]] | None = None
         self._derived_cache: dict[Subnet, Derived] = {}
         self.bn_momentum: float | None = None  # overridden by BN recalibration (cumulative average)
+        # Convolution path: auto | conv | gemm (module docstring); auto is resolved per forward from the input's device.
+        self.conv_impl = "auto"
 
     # -------------------------------------------------------------- helpers
     def use(self, param: torch.Tensor, *slices: slice) -> torch.Tensor:
@@ -237,12 +397,14 @@ class SuperNet(nn.Module):
     def forward(self, x: torch.Tensor, subnet: Subnet | Derived, side: int = 0) -> torch.Tensor:
         d = self.derive(subnet)
         plan = self.layout.plan(d, side)
+        gemm = resolve_conv_impl(self.conv_impl, x.device) == "gemm"
         k = self.space.stem_kernel
         x = F.conv2d(x, self.use(self.stem_w, plan.stem), None, self.space.stem_stride, k // 2)
         x = F.hardswish(self.stem_bn(x, plan.stem, self))
         for spec, sl in zip(d.layers, plan.layers):
-            x = self.blocks[spec.stage][spec.position][spec.op](x, spec, sl, self)
-        x = F.conv2d(x, self.use(self.head_w, slice(None), plan.head_in))
+            x = self.blocks[spec.stage][spec.position][spec.op](x, spec, sl, self, gemm)
+        head_w = self.use(self.head_w, slice(None), plan.head_in)
+        x = pointwise(x, head_w) if gemm else F.conv2d(x, head_w)
         x = F.hardswish(self.head_bn(x, slice(None), self))
         x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
         if self.dropout > 0:
@@ -270,51 +432,34 @@ def zero_init_residual_bns(net: "SuperNet") -> None:
     Each such block then starts as the identity, so the stage's stream means the same thing whichever ops and
     depth a step samples; without it a random-path supernet on digits stayed near chance for hundreds of steps.
     """
-    with torch.no_grad():
-        for stage in net.blocks:
-            for j, ops in enumerate(stage):
-                if j == 0:
-                    continue
-                for blk in ops.values():
-                    blk.project_bn.weight.zero_()
+    for stage in net.blocks:
+        for j, ops in enumerate(stage):
+            if j == 0:
+                continue
+            for blk in ops.values():
+                blk.zero_last_bn_scale()
 
 
 def align_op_inits(net: "SuperNet") -> None:
     """Start the candidate ops of one position as the same function; they keep separate weights.
 
     Every op of a position copies the initial 1x1 (expand, SE, project) weights of the first op, and its depthwise
-    kernel holds the first op's kernel at the centre with a zero ring. The first layer of a stage defines the
-    stage's stream; when its candidates start as unrelated functions, a random-op supernet on digits stayed near
-    chance for hundreds of steps (each op moved the stream into another basis). This is an initialisation only:
-    weights stay per op (docs/method.md) and diverge with training.
+    kernel holds the first op's kernel at the centre with a zero ring (:meth:`DynamicIR.align_to`). The first
+    layer of a stage defines the stage's stream; when its candidates start as unrelated functions, a random-op
+    supernet on digits stayed near chance for hundreds of steps (each op moved the stream into another basis).
+    This is an initialisation only: weights stay per op (docs/method.md) and diverge with training.
     """
-    with torch.no_grad():
-        for stage in net.blocks:
-            for ops in stage:
-                blocks = sorted(ops.values(), key=lambda b: b.kernel)
-                ref = blocks[0]
-                for blk in blocks[1:]:
-                    for name in ("expand_w", "se_reduce_w", "se_reduce_b", "se_expand_w", "se_expand_b",
-                                 "project_w"):
-                        src, dst = getattr(ref, name, None), getattr(blk, name, None)
-                        if src is not None and dst is not None:
-                            dst.copy_(src)
-                    pad = (blk.kernel - ref.kernel) // 2
-                    blk.dw_w.zero_()
-                    blk.dw_w[:, :, pad:pad + ref.kernel, pad:pad + ref.kernel] = ref.dw_w
-                    for bn_name in ("expand_bn", "dw_bn", "project_bn"):
-                        src, dst = getattr(ref, bn_name), getattr(blk, bn_name)
-                        if src is not None:
-                            dst.weight.copy_(src.weight)
-                            dst.bias.copy_(src.bias)
+    for stage in net.blocks:
+        for ops in stage:
+            blocks = sorted(ops.values(), key=lambda b: b.kernel)
+            for blk in blocks[1:]:
+                blk.align_to(blocks[0])
 
 
 # ------------------------------------------------------------------ export
 def _copy_bn(dst: nn.BatchNorm2d, src: DynamicBN, sl: slice) -> None:
-    dst.weight.copy_(src.weight[sl])
-    dst.bias.copy_(src.bias[sl])
-    dst.running_mean.copy_(src.running_mean[sl])
-    dst.running_var.copy_(src.running_var[sl])
+    for name in BN_STATE:
+        getattr(dst, name).copy_(getattr(src, name)[sl])
 
 
 @torch.no_grad()
@@ -330,19 +475,7 @@ def export_subnet(supernet: SuperNet, subnet: Subnet, side: int = 0) -> Standalo
     _copy_bn(model.stem[1], supernet.stem_bn, plan.stem)
     blocks = [b for stage in model.stages for b in stage]
     for blk, spec, sl in zip(blocks, d.layers, plan.layers):
-        src: DynamicIR = supernet.blocks[spec.stage][spec.position][spec.op]
-        if blk.expand_conv is not None:
-            blk.expand_conv.weight.copy_(src.expand_w[sl.hidden, sl.inp])
-            _copy_bn(blk.expand_bn, src.expand_bn, sl.hidden)
-        blk.dw_conv.weight.copy_(src.dw_w[sl.hidden])
-        _copy_bn(blk.dw_bn, src.dw_bn, sl.hidden)
-        if blk.se is not None:
-            blk.se.reduce.weight.copy_(src.se_reduce_w[sl.se, sl.hidden])
-            blk.se.reduce.bias.copy_(src.se_reduce_b[sl.se])
-            blk.se.expand.weight.copy_(src.se_expand_w[sl.hidden, sl.se])
-            blk.se.expand.bias.copy_(src.se_expand_b[sl.hidden])
-        blk.project_conv.weight.copy_(src.project_w[sl.out, sl.hidden])
-        _copy_bn(blk.project_bn, src.project_bn, sl.out)
+        supernet.blocks[spec.stage][spec.position][spec.op].export_to(blk, sl)
     model.head[0].weight.copy_(supernet.head_w[:, plan.head_in])
     _copy_bn(model.head[1], supernet.head_bn, slice(None))
     model.classifier.weight.copy_(supernet.classifier.weight)

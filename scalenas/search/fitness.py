@@ -25,6 +25,7 @@ from scalenas.spaces.arch import Subnet, parse_subnet
 from scalenas.train.checkpoint import checkpoint_space, load_supernet, read_checkpoint
 from scalenas.train.config import data_options
 from scalenas.train.evaluate import calibration_batches, subnet_metrics
+from scalenas.models.supernet import resolve_conv_impl
 from scalenas.train.loop import configure_cudnn
 
 BOOTSTRAP_RESAMPLES = 200
@@ -123,18 +124,25 @@ class SupernetEvaluator:
 
     Built once per worker (Ray actor or in-process) and reused for many candidates. The split and the BN
     calibration batches come from the training run's recorded data settings, so every worker sees the same data.
+    ``conv_impl``: the supernet's convolution path (``auto``: gemm on CUDA, conv on CPU; see
+    :mod:`scalenas.models.supernet`).
     """
 
     def __init__(self, checkpoint: str, calib_batches: int = 4, calib_batch_size: int = 128, device: str = "cpu",
-                 split: str = "holdout", threads: int | None = None, resamples: int = BOOTSTRAP_RESAMPLES):
+                 split: str = "holdout", threads: int | None = None, resamples: int = BOOTSTRAP_RESAMPLES,
+                 conv_impl: str = "auto"):
         if threads:
             torch.set_num_threads(threads)
         if split not in ("holdout", "test"):
             raise ValueError(split)
         payload = read_checkpoint(checkpoint)
         self.space = checkpoint_space(payload, str(checkpoint))
-        configure_cudnn(torch.device(device))  # a supernet path: shapes change per candidate (off on CUDA)
+        # A supernet path's shapes change per candidate: the gemm path (auto on CUDA) keeps them off cuDNN, so
+        # cuDNN stays on for the rest; the conv path turns it off (configure_cudnn).
+        impl = resolve_conv_impl(conv_impl, device)
+        configure_cudnn(torch.device(device), dynamic_shapes=impl == "conv")
         self.supernet = load_supernet(checkpoint, payload=payload).to(device)
+        self.supernet.conv_impl = impl
         cfg = payload.get("config", {})
         # The run's own data settings and file list (RUN/data_files.json); a streamed holdout is decoded in
         # this worker (workers=0: a Ray worker is one CPU), nothing travels through the object store.

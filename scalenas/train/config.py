@@ -16,6 +16,7 @@ import yaml
 from scalenas.data.augment import AUGMENT_LEVELS
 from scalenas.data.datasets import SOURCES, DataSplits, load_data
 from scalenas.errors import ScalenasError
+from scalenas.models.supernet import CONV_IMPLS
 from scalenas.options import check_options, check_value, coerce_option, option
 from scalenas.resources import JOBS, shipped_dir
 from scalenas.runs import DATA_RECORD_FORMAT, RunFolder, SearchFolder
@@ -78,8 +79,11 @@ class TrainConfig:
     device: str = option("auto", "training device", choices=("auto", "cpu", "cuda"))
     amp: str = option("bf16", "mixed precision on CUDA", choices=("bf16", "fp16", "off"))
     channels_last: bool = option(True, "channels_last memory format on CUDA")
-    cudnn: str = option("auto", "cuDNN on CUDA: auto (off for a supernet, whose convolution shapes change every "
-                        "step; on for a standalone model), on, off", choices=("auto", "on", "off"))
+    cudnn: str = option("auto", "cuDNN on CUDA: auto (off for a supernet on the conv path, whose convolution shapes "
+                        "change every step; on otherwise), on, off", choices=("auto", "on", "off"))
+    conv_impl: str = option("auto", "supernet convolutions: gemm (1x1 convs as one matrix product over N*H*W, "
+                            "depthwise on PyTorch's own kernel: no per-shape cuDNN plans), conv (F.conv2d on the "
+                            "weight slices); auto: gemm on CUDA, conv on CPU", choices=CONV_IMPLS)
     threads: int | None = option(None, "torch CPU threads (None: torch's default)", min=1)
     seed: int = option(0, "seed of python, numpy, torch, the path sampler and the data order")
     # bookkeeping

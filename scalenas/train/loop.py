@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from scalenas.errors import ScalenasError
 from scalenas.io import atomic_write_csv
+from scalenas.models.supernet import resolve_conv_impl
 from scalenas.train.config import TrainConfig
 from scalenas.train.optim import lr_at
 
@@ -74,11 +75,14 @@ def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
 def configure_cudnn(device: torch.device, setting: str = "auto", dynamic_shapes: bool = True) -> bool:
     """Switch cuDNN on or off for this process when ``device`` is CUDA (no effect elsewhere); returns whether it is on.
 
-    ``auto`` turns it off where convolution shapes change from call to call -- a supernet path (channel slices x
-    resolutions x kernels) -- and on for a fixed model. cuDNN 9 builds an execution plan for every new shape: on an
-    NVIDIA H200 (torch 2.11 + CUDA 13) supernet training ran at ~0.2 steps/s with cuDNN and 3.6 steps/s without,
-    and AMP fp16 stopped inside cuDNN with "misaligned address" (results/bench/gpu.md). The flag is process-wide
-    because convolution backward picks its backend when it runs, not when the forward ran.
+    ``dynamic_shapes``: the process runs convolutions whose shapes change from call to call *through cuDNN* -- a
+    supernet on the ``conv`` path (channel slices x resolutions x kernels). ``auto`` turns cuDNN off for those and on
+    otherwise: a fixed model, or a supernet on the ``gemm`` path (``conv_impl``), whose 1x1 convolutions are matrix
+    products, whose depthwise convolutions and sliced batch norms never use cuDNN, and whose stem convolution
+    meets only a few shapes. cuDNN builds an execution plan per new (shape, dtype, layout, alignment) and pass:
+    on an NVIDIA H200 (torch 2.11 + CUDA 13) supernet training on the conv path ran at ~0.2 steps/s with cuDNN
+    and 3.6 without (results/bench/gpu.md). The flag is process-wide because convolution backward picks its
+    backend when it runs, not when the forward ran.
     """
     if setting not in ("auto", "on", "off"):
         raise ValueError(f"cudnn: {setting!r}")
@@ -89,14 +93,24 @@ def configure_cudnn(device: torch.device, setting: str = "auto", dynamic_shapes:
     return enabled
 
 
+def check_amp(cfg: TrainConfig, device: torch.device) -> None:
+    """Refuse ``amp: fp16`` off CUDA (its grad scaler needs a GPU; CPU trains in fp32, and bf16 is simply unused)."""
+    if cfg.amp == "fp16" and device.type != "cuda":
+        raise ScalenasError(f"amp: fp16 needs a CUDA device (fp16 with a grad scaler), but this run is on "
+                            f"{device.type}; use amp: off or bf16 (CPU trains in fp32)")
+
+
 class Precision:
     """AMP on CUDA (bf16, or fp16 with a grad scaler), channels_last and cuDNN (:func:`configure_cudnn`);
-    plain fp32 on CPU. ``dynamic_shapes``: the model is a supernet whose shapes change every step."""
+    plain fp32 on CPU. ``dynamic_shapes``: the model is a supernet whose shapes change every step; with it,
+    ``conv_impl`` says whether its convolutions go through cuDNN (``conv``) or matrix products (``gemm``)."""
 
     def __init__(self, cfg: TrainConfig, device: torch.device, channels_last: bool = True,
                  dynamic_shapes: bool = False):
+        check_amp(cfg, device)
         cuda = device.type == "cuda"
-        self.cudnn = configure_cudnn(device, cfg.cudnn, dynamic_shapes)
+        self.conv_impl = resolve_conv_impl(cfg.conv_impl, device) if dynamic_shapes else "conv"
+        self.cudnn = configure_cudnn(device, cfg.cudnn, dynamic_shapes and self.conv_impl == "conv")
         self.device_type = device.type
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if cuda else None
         self.scaler = torch.amp.GradScaler("cuda") if cuda and cfg.amp == "fp16" else None

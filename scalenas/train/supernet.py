@@ -33,8 +33,8 @@ from scalenas.data.datasets import BatchIterator, DataSplits, derived_seed
 from scalenas.train.checkpoint import CKPT_NAME, checkpoint_space, read_checkpoint, save_checkpoint
 from scalenas.train.config import TrainConfig, data_record, dump_config, load_run_data
 from scalenas.train.evaluate import calibration_batches, soft_cross_entropy, subnet_top1
-from scalenas.train.loop import (DistInfo, LoopState, Precision, StepResult, common_payload, init_distributed,
-                                 resolve_device, restore, resumed_config, resumed_total, run_loop,
+from scalenas.train.loop import (DistInfo, LoopState, Precision, StepResult, check_amp, common_payload,
+                                 init_distributed, resolve_device, restore, resumed_config, resumed_total, run_loop,
                                  total_steps)
 from scalenas.train.optim import make_optimizer, masks_from_record
 
@@ -168,6 +168,7 @@ def train_supernet(cfg: TrainConfig, out_dir: Path | None = None, resume: bool =
     space = None if (resume and space_from_checkpoint) else load_space(cfg.space)
     dinfo = init_distributed(cfg.device)
     device = resolve_device(cfg.device, dinfo.local_rank)
+    check_amp(cfg, device)  # a resumed run's own recipe is checked again once it is read
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if resume:
@@ -208,6 +209,7 @@ def _train_supernet(cfg: TrainConfig, out_dir: Path, space: SearchSpace | None, 
                                   outputs=("panel.csv", "run_summary.json"))
         if done:
             return done
+    check_amp(cfg, device)  # the recipe a resume goes on with, before anything is written
     data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
     data = load_run_data(cfg, space.in_channels, out_dir, device)
     if data.num_classes != space.num_classes:
@@ -216,6 +218,7 @@ def _train_supernet(cfg: TrainConfig, out_dir: Path, space: SearchSpace | None, 
     seed_everything(cfg.seed)
     precision = Precision(cfg, device, dynamic_shapes=True)
     model = SuperNet(space).to(device)
+    model.conv_impl = precision.conv_impl  # gemm on CUDA by default: no per-shape cuDNN plans
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(cfg.optimizer, model, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,

@@ -7,6 +7,8 @@ report consistent), and the ways out of the run's data are refused in one line.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -16,15 +18,27 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from scalenas.cli.main import main
 from userdata import CLASSES, SPACE_NAME, make_image_folder, make_space
 
 pytestmark = pytest.mark.slow
 
 
-def _cli(cwd: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "scalenas", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+def _cli(cwd: Path, *args: str, ok: bool = True, subprocess_: bool = False) -> subprocess.CompletedProcess:
+    """``scalenas ARGS`` run in ``cwd``: in this process (the CLI's own ``main``, as the console script calls it;
+    ~3 s faster per call than a fresh interpreter) or, with ``subprocess_``, as a separate process."""
+    if subprocess_:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        proc = subprocess.run([sys.executable, "-m", "scalenas", *args], cwd=cwd, env=env, capture_output=True,
+                              text=True, timeout=600)
+    else:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 2
+        proc = subprocess.CompletedProcess(["scalenas", *args], code, out.getvalue(), err.getvalue())
     if ok:
         assert proc.returncode == 0, f"scalenas {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc
@@ -55,7 +69,7 @@ def test_own_data_and_space_flow_through_every_command(user_problem):
     # 1. train-supernet on the user's data and space (relative paths, from the user's own directory)
     _cli(work, "train-supernet", "--data", "../my-images", "--space", "../spaces/user12.yaml", "--store-size", "28",
          "--steps", "4", "--batch-size", "16", "--no-sandwich", "--no-inplace-distill", "--threads", "1",
-         "--out", "run", "--no-progress")
+         "--out", "run", "--no-progress", subprocess_=True)  # the installed entry point, a fresh process
     run = work / "run"
     rec = json.loads((run / "data.json").read_text())
     assert rec["data"] == str(data.resolve()) and rec["num_classes"] == CLASSES
@@ -142,7 +156,7 @@ def test_own_data_and_space_flow_through_every_command(user_problem):
 
 def test_sampled_lines_of_a_user_space_work_in_every_command(user_problem, tmp_path):
     work, data, space = user_problem
-    line = _cli(work, "sample", "--space", str(space), "--n", "1").stdout.strip()
+    line = _cli(work, "sample", "--space", str(space), "--n", "1", subprocess_=True).stdout.strip()
     arch = json.loads(line)
     assert arch["space"] == SPACE_NAME and Path(arch["space_file"]).resolve() == space.resolve()
     # from another directory: flops, export, train

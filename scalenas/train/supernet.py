@@ -46,14 +46,20 @@ STOP_ENV = "SCALENAS_DEBUG_STOP_AFTER"  # stop (as if interrupted) after this ma
 
 # ------------------------------------------------------------------------------- sampling
 class PathSampler:
-    """Seeded sampler of (stage, subnets, side) per step; its state is checkpointed for exact resume."""
+    """Seeded sampler of (stage, subnets, side) per step; its state is checkpointed for exact resume.
 
-    def __init__(self, space: SearchSpace, cfg: TrainConfig, seed: int):
-        self.space, self.cfg = space, cfg
+    ``stage``: draw every step from this scaling stage only (benchmarks compare a stage with its static models).
+    """
+
+    def __init__(self, space: SearchSpace, cfg: TrainConfig, seed: int, stage: int | None = None):
+        self.space, self.cfg, self.stage = space, cfg, stage
         self.rng = random.Random(seed)
 
     def draw(self) -> tuple[int, list[Subnet], int]:
-        stage, sub = sample_subnet(self.space, self.rng, hierarchical=self.cfg.sampling == "hierarchical")
+        if self.stage is None:
+            stage, sub = sample_subnet(self.space, self.rng, hierarchical=self.cfg.sampling == "hierarchical")
+        else:
+            stage, sub = sample_subnet(self.space, self.rng, stage=self.stage)
         side = self.rng.randrange(2) if self.space.coupling == 2 else 0
         if not self.cfg.sandwich:
             return stage, [sub], side

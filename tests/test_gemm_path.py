@@ -36,7 +36,7 @@ BIG = {"cifar-mbv3", "scalenet-mbv3"}
 
 
 def _pairs(space, n: int, seed: int):
-    """``n`` random (subnet, side) pairs, cycling through the scaling stages and both coupling sides."""
+    """``n`` random (subnet, side) pairs, cycling through the scaling stages, the side drawn per pair."""
     rng = random.Random(seed)
     stages = len(space.scaling)
     return [(sample_subnet(space, rng, stage=k % stages)[1], rng.randrange(space.coupling)) for k in range(n)]
@@ -106,12 +106,17 @@ def test_gemm_path_equals_conv_path(name, layout):
         assert out_c.abs().max() > 1e-3 and dx_c.abs().max() > 0  # a non-trivial function and gradient
         assert g_c.keys() == g_g.keys() and m_c.keys() == m_g.keys()
         assert all((m_c[i] is None and m_g[i] is None) or torch.equal(m_c[i], m_g[i]) for i in m_c)  # same slices
-        diffs = {"logits": float((out_c - out_g).abs().max()), "input_grad": float((dx_c - dx_g).abs().max()),
-                 "weight_grad": _max_diff(g_c, g_g),
-                 "sgd_step": _max_diff(_step(net, g_c, m_c), _step(net, g_g, m_g))}
-        for key, v in diffs.items():
+        after_c = _step(net, g_c, m_c)
+        diffs = {"logits": (float((out_c - out_g).abs().max()), float(out_c.abs().max())),
+                 "input_grad": (float((dx_c - dx_g).abs().max()), float(dx_c.abs().max())),
+                 "weight_grad": (_max_diff(g_c, g_g), _max_abs(g_c)),
+                 "sgd_step": (_max_diff(after_c, _step(net, g_g, m_g)), _max_abs(after_c))}
+        for key, (v, scale) in diffs.items():
             worst[key] = max(worst[key], v)
-            assert v <= TOL, (name, layout, sub.short(), side, key, v)
+            # channels_last: CPU's channels_last kernels sum less accurately -- the conv path's own depthwise and
+            # stem weight gradients (|g| ~ 2-3) were 1-2e-5 off float64 -- so there the bound is relative above 1
+            tol = TOL if layout == "nchw" else TOL * max(1.0, scale)
+            assert v <= tol, (name, layout, sub.short(), side, key, v, scale)
     assert set(worst) == {"logits", "input_grad", "weight_grad", "sgd_step"}
 
 

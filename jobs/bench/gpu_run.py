@@ -511,7 +511,6 @@ def _category(name: str, under_optimizer: bool) -> str:
 
 def profile_split(ctx: Context, rec: Recorder, label: str, step, batches) -> None:
     """Device time by kind over a few steady steps (torch.profiler); CPU op time on a CPU machine."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     dev = ctx.sz.device
@@ -938,7 +937,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             print(f"[{phase}] {NAMES[phase]} (limit {limit:.0f} s)", flush=True)
             if left < min_left[phase]:
-                rows = [{"phase": NAMES[phase], **row(NAMES[phase], f"skipped: time", "seconds_left", left, "s",
+                rows = [{"phase": NAMES[phase], **row(NAMES[phase], "skipped: time", "seconds_left", left, "s",
                                                       f"{left:.0f} s left, the phase needs {min_left[phase]:g}"),
                          "device": dev}]
                 write_rows(out_dir / f"gpu_run_{NAMES[phase]}.csv", rows)

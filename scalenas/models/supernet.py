@@ -18,9 +18,10 @@ models for side 0: the fitness a search reports and the exported model always ag
 the logits of both coupled passes at evaluation; a standalone model can only hold one).
 
 Convolution paths (``SuperNet.conv_impl``, the job key ``conv_impl``). ``conv``: every convolution is
-``F.conv2d`` on the weight slices. ``gemm``: every 1x1 convolution (expand, SE, project, head) is one matrix
-product over the N·H·W pixels, and every depthwise convolution runs on PyTorch's own depthwise kernel with cuDNN
-off in both passes; only the stem stays a convolution. A supernet meets a new set of shapes at every step, and
+``F.conv2d`` on the weight slices. ``gemm``: every 1x1 convolution (expand, SE, project, head) is a matrix product
+(channels_last: one over the N·H·W pixels; NCHW: one batched over the images), and every depthwise convolution
+runs on PyTorch's own depthwise kernel with cuDNN off in both passes; only the stem stays a convolution. Each
+keeps its input's memory format. A supernet meets a new set of shapes at every step, and
 cuDNN builds an execution plan for each new one; a matrix product needs none. ``auto``: gemm on CUDA, conv
 elsewhere (CPU results stay bit-identical to earlier versions). Sliced BatchNorm never reaches cuDNN on either
 path (:class:`DynamicBN`).
@@ -185,11 +186,16 @@ def _autocast_dtype(device_type: str) -> torch.dtype | None:
 
 
 def depthwise(x: torch.Tensor, w: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
-    """The gemm path's depthwise convolution (:class:`_Depthwise`), in the autocast dtype when autocast is on."""
+    """The gemm path's depthwise convolution (:class:`_Depthwise`), in the autocast dtype when autocast is on.
+
+    It computes in NCHW, the layout PyTorch's depthwise kernel works in (on CUDA it would copy a channels_last input
+    itself), and returns the input's memory format, so a channels_last network stays channels_last and its 1x1
+    products stay single matrix products over N·H·W (:func:`pointwise`).
+    """
     dtype = _autocast_dtype(x.device.type) or x.dtype
-    # NCHW: the layout PyTorch's depthwise kernel works in (it would copy a channels_last input itself on CUDA;
-    # on CPU a channels_last depthwise sums its weight gradient less accurately).
-    return _Depthwise.apply(x.to(dtype).contiguous(), w.to(dtype), stride, padding)
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    y = _Depthwise.apply(x.to(dtype).contiguous(), w.to(dtype), stride, padding)
+    return y.contiguous(memory_format=torch.channels_last) if channels_last else y
 
 
 class DynamicBN(nn.Module):

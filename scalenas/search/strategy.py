@@ -3,9 +3,9 @@ search options, and :class:`Strategy` with ask/tell, the budget, de-duplication 
 
 An individual (:class:`~scalenas.search.candidate.Candidate`) is a base network g plus one scaling state per
 scaling stage. Its family is the subnets s = 0..S: stage 0 is g itself at (d=1, w=1, r=base), stage s >= 1 is g
-at (D_s[i], W_s[j], R_s[k]). A strategy proposes a generation of candidates, the caller evaluates the subnets they need (:meth:`ask`) and
-reports the metric of each (:meth:`tell`: holdout top-1 or log-loss, optionally with their noise); the strategy
-then selects, learns and breeds the next generation. The same object is driven by
+at (D_s[i], W_s[j], R_s[k]). A strategy proposes a generation of candidates, the caller evaluates the subnets
+they need (:meth:`ask`) and reports the metric of each (:meth:`tell`: holdout top-1 or log-loss, optionally with
+their noise); the strategy then selects, learns and breeds the next generation. The same object is driven by
 :func:`scalenas.search.driver.run_search` (a plain loop), by the lead's Ray evaluator and by Ray Tune
 (:mod:`scalenas.search.tune`). What a family is worth (FLOPs bands, fitness, the selection order) is
 :class:`scalenas.search.objectives.FamilyObjective`; what was evaluated and scored, and the report rows, are a

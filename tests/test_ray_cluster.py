@@ -29,7 +29,8 @@ from pathlib import Path
 import pytest
 
 from scalenas.errors import ScalenasError
-from scalenas.search.raypool import EvaluatorPool, non_loopback_listeners
+from scalenas.search.raylocal import non_loopback_listeners
+from scalenas.search.raypool import EvaluatorPool
 
 ray = pytest.importorskip("ray")
 

@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from scalenas.errors import ScalenasError
-from scalenas.search.raypool import (EvaluatorPool, is_loopback, non_loopback_listeners, connect_ray, default_workers,
-                              start_local_ray)
+from scalenas.search.raylocal import (connect_ray, default_workers, is_loopback, non_loopback_listeners,
+                                      start_local_ray)
+from scalenas.search.raypool import EvaluatorPool
 
 pytestmark = [pytest.mark.ray]
 

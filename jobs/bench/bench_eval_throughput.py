@@ -12,7 +12,7 @@ process hits one round rather than one mode. The results of every mode must be i
 depend on the number of workers), otherwise the script fails.
 
 Targets: 2 workers vs 1 >= 1.6x, 1 worker vs in-process >= 0.85x. Ray runs locally on 127.0.0.1 only
-(``scalenas.search.raypool.start_local_ray``) and is shut down at the end. Writes the CSV atomically.
+(``scalenas.search.raylocal.start_local_ray``) and is shut down at the end. Writes the CSV atomically.
 """
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ from scalenas.train.checkpoint import checkpoint_space, read_checkpoint, resolve
 from scalenas.search.strategy import built_key  # noqa: E402
 from scalenas.search.fitness import SupernetEvaluator  # noqa: E402
 from scalenas.io import atomic_write_csv  # noqa: E402
-from scalenas.search.raypool import EvaluatorPool, start_local_ray  # noqa: E402
+from scalenas.search.raylocal import start_local_ray  # noqa: E402
+from scalenas.search.raypool import EvaluatorPool  # noqa: E402
 
 MODES = (("inprocess", 0), ("ray", 1), ("ray", 2))
 COLUMNS = ["mode", "workers", "threads", "items", "seconds", "items_per_s", "ratio_vs_inprocess",

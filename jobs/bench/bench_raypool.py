@@ -28,7 +28,8 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from scalenas.io import atomic_write_csv  # noqa: E402
-from scalenas.search.raypool import EvaluatorPool, start_local_ray  # noqa: E402
+from scalenas.search.raylocal import start_local_ray  # noqa: E402
+from scalenas.search.raypool import EvaluatorPool  # noqa: E402
 
 
 class CpuTorchEvaluator:

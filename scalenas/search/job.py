@@ -17,7 +17,8 @@ from scalenas.options import check_options, option
 from scalenas.runs import SUPERNET_CKPT, RunFolder, SearchFolder, latest_run
 from scalenas.search.driver import run_search
 from scalenas.search.fitness import SupernetEvaluator
-from scalenas.search.raypool import EvaluatorPool, default_workers
+from scalenas.search.raylocal import default_workers
+from scalenas.search.raypool import EvaluatorPool
 from scalenas.search.results import SearchResults
 from scalenas.search.strategies import make_strategy, strategy_names
 from scalenas.search.strategy import SearchOptions, Strategy

@@ -2,46 +2,29 @@
 
 Evaluating one candidate architecture is cheap once a supernet and its data are loaded, and loading them is
 expensive. :class:`EvaluatorPool` therefore builds each evaluator once (in the calling process, or once per
-Ray actor) and then streams candidates through them.
+Ray actor) and then streams candidates through them. What one ``map`` over the actors knows, and its rules for
+what goes wrong (a lost node, an unplaced worker, a dead actor, a failed item), is a :class:`Dispatch`, which
+needs no Ray.
 
 Evaluator contract: ``make_evaluator`` is a picklable zero-argument callable returning an object with
 ``evaluate(item: str) -> dict`` (``item`` is a canonical JSON string, the result a JSON-able dict), which is
 deterministic given the item, and optionally ``set_threads(n: int)``.
 
-Ray is imported lazily: ``workers=0`` never touches Ray, so the in-process path works without it.
-
-A private local Ray (:func:`start_local_ray`) keeps every socket on 127.0.0.1; see the function for how.
+Ray is imported lazily: ``workers=0`` never touches Ray, so the in-process path works without it. Starting or
+joining Ray is :mod:`scalenas.search.raylocal` (a private local Ray keeps every socket on 127.0.0.1).
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import ipaddress
 import logging
 import os
 import re
-import socket
-import sys
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Container, Protocol
 
 from scalenas.errors import ScalenasError
+from scalenas.search.raylocal import connect_ray, cuda_count, start_local_ray
 
-__all__ = [
-    "Evaluator",
-    "EvaluatorPool",
-    "connect_ray",
-    "default_workers",
-    "start_local_ray",
-]
-
-LOOPBACK = "127.0.0.1"
-# Ray refuses object stores below 75 MiB; fail early with our own message instead of its traceback.
-_MIN_OBJECT_STORE_MB = 75
-# Seconds allowed for the TCP probe of a Ray address before ray.init is tried: ray.init itself retries an
-# unreachable GCS for many minutes, so without the probe a wrong address looks like a hang.
-_PROBE_TIMEOUT_S = 5.0
-# Memory a worker is assumed to need (a torch import alone is ~600 MB; the supernet and data come on top).
-_WORKER_MEMORY_BYTES = 2 * 1024**3
+__all__ = ["Dispatch", "Evaluator", "EvaluatorPool", "Worker"]
 
 log = logging.getLogger(__name__)
 
@@ -51,215 +34,6 @@ class Evaluator(Protocol):
 
     def evaluate(self, item: str) -> dict:  # pragma: no cover - protocol
         ...
-
-
-# --------------------------------------------------------------------------------------------- Ray startup
-def _cpu_count() -> int:
-    """CPUs this process may run on (affinity-aware, unlike ``os.cpu_count``)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def _cuda_count() -> int:
-    try:
-        import torch
-    except ImportError:
-        return 0
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def default_workers() -> int:
-    """A sensible number of evaluator workers for this machine.
-
-    One per GPU when CUDA is available. Otherwise one per CPU core (each with one thread): small-batch
-    evaluation scales better across processes than across threads of one process. Capped so that every
-    worker can have ~2 GiB of RAM, because each one holds its own copy of torch, the supernet and the data.
-    """
-    gpus = _cuda_count()
-    if gpus:
-        return gpus
-    workers = _cpu_count()
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        workers = min(workers, max(1, total // _WORKER_MEMORY_BYTES))
-    except (AttributeError, ValueError, OSError):
-        pass
-    return max(1, int(workers))
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        addr = ipaddress.ip_address(host.split("%")[0])
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped  # Ray's gRPC servers report "::ffff:127.0.0.1"
-    return addr.is_loopback
-
-
-def non_loopback_listeners() -> list[str]:
-    """Listening TCP sockets of this process and its descendants (the Ray daemons and workers of a local
-    Ray started here) that are not bound to loopback, as ``"name(pid) host:port"``."""
-    try:
-        import psutil  # Ray vendors psutil (ray/thirdparty_files); present once ray is imported
-    except ImportError:  # pragma: no cover - depends on the Ray build
-        log.warning("psutil not importable: cannot check that Ray listens on loopback only")
-        return []
-    me = psutil.Process()
-    bad = []
-    for proc in [me, *me.children(recursive=True)]:
-        try:
-            conns = proc.net_connections(kind="tcp")
-            name = proc.name()
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-        for c in conns:
-            if c.status == psutil.CONN_LISTEN and c.laddr and not is_loopback(c.laddr.ip):
-                bad.append(f"{name}({proc.pid}) {c.laddr.ip}:{c.laddr.port}")
-    return bad
-
-
-@contextlib.contextmanager
-def _loopback_ray(**extra_env: str) -> Iterator[None]:
-    """While inside: Ray takes 127.0.0.1 as this machine's address (see :func:`start_local_ray`), and
-    ``extra_env`` is set. Both are restored on exit, so that a later join of a real multi-node cluster
-    advertises a routable address."""
-    import ray._private.ray_constants as ray_constants
-
-    temp_env = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **extra_env}
-    saved = {k: os.environ.get(k) for k in temp_env}
-    saved_const = ray_constants.ENABLE_RAY_CLUSTER
-    os.environ.update(temp_env)
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved_const
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def start_local_ray(num_cpus: int | None = None, object_store_mb: int = 200) -> None:
-    """Start a private single-machine Ray in this process, with every socket bound to 127.0.0.1.
-
-    How loopback-only binding is achieved: Ray picks its node address with
-    ``ray._private.services.get_node_ip_address``, which returns 127.0.0.1 only when the constant
-    ``ray_constants.ENABLE_RAY_CLUSTER`` is false. That constant is read from the environment variable
-    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` *when Ray is first imported*, so setting the variable is not
-    enough once something has imported Ray: the constant is patched as well, for the duration of
-    ``ray.init``. The variable stays set while the daemons start, so they and their workers (which import
-    Ray afresh) agree. ``_node_ip_address`` alone does not work (Ray then still advertises other
-    addresses). After start-up the node address and every listening socket of the new processes are checked;
-    anything off loopback shuts Ray down again and raises.
-
-    Also: usage stats off, auth token off (Ray would otherwise write ``~/.ray/auth_token``), no dashboard,
-    a small object store (the default claims ~30 % of RAM in /dev/shm), worker logs not echoed. The
-    driver's ``sys.path`` is passed to the workers through ``PYTHONPATH``, so that an evaluator factory that
-    imports in this process also imports in the actors (Ray itself only forwards the cwd and script dir).
-
-    Always a private instance (``address="local"``), also when another Ray runs on the machine (``ray start``,
-    ``RAY_ADDRESS``): that one is neither joined nor touched, and ``ray.shutdown()`` stops only this one.
-
-    A no-op when Ray is already initialised in this process.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    if num_cpus is not None and num_cpus < 1:
-        raise ScalenasError(f"num_cpus must be >= 1, got {num_cpus}")
-    if object_store_mb < _MIN_OBJECT_STORE_MB:
-        raise ScalenasError(f"object_store_mb must be >= {_MIN_OBJECT_STORE_MB} (a Ray minimum), got {object_store_mb}")
-
-    paths = [os.path.abspath(p) for p in sys.path if p and os.path.isdir(p)]
-    old_path = os.environ.get("PYTHONPATH")
-    if old_path:
-        paths.append(old_path)
-    # Kept for the life of the process: they only switch features off.
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    with _loopback_ray(PYTHONPATH=os.pathsep.join(dict.fromkeys(paths))):
-        # address="local": always a new instance of our own. Without it ray.init attaches to a cluster that
-        # RAY_ADDRESS or `ray start` (its /tmp/ray/ray_current_cluster file) points to, refuses num_cpus
-        # there, and its shutdown would not be ours to do.
-        ray.init(
-            address="local",
-            _node_ip_address=LOOPBACK,
-            num_cpus=num_cpus or _cpu_count(),
-            include_dashboard=False,
-            object_store_memory=int(object_store_mb) * 1024 * 1024,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-        )
-
-    node_ips = sorted({n.get("NodeManagerAddress", "") for n in ray.nodes() if n.get("Alive")})
-    bad = [] if node_ips == [LOOPBACK] else [f"node address {ip}" for ip in node_ips if ip != LOOPBACK]
-    bad += non_loopback_listeners()
-    if bad:
-        ray.shutdown()
-        raise ScalenasError("local Ray did not stay on loopback: " + ", ".join(bad))
-
-
-def _parse_host_port(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ScalenasError(f"Ray address must be 'auto' or 'host:port', got {address!r}")
-    return host, int(port)
-
-
-def connect_ray(address: str) -> None:
-    """Join an existing Ray cluster: ``"auto"`` (``RAY_ADDRESS`` or the cluster last started with
-    ``ray start`` on this machine) or ``"host:port"`` of its GCS.
-
-    The address is first probed with a plain TCP connect (bounded by a few seconds), because ``ray.init``
-    retries an unreachable address for minutes. Raises :class:`ScalenasError` when it cannot be reached. If
-    Ray is already initialised in this process, the address must be the one it is connected to.
-
-    A loopback address (a cluster started with ``--node-ip-address=127.0.0.1``) is joined under the same
-    loopback rule as :func:`start_local_ray`: Ray would otherwise swap 127.0.0.1 for this machine's network
-    address (``resolve_ip_for_localhost``) and try to reach the cluster there, where it does not listen.
-
-    The evaluator factory and ``scalenas`` must be importable on the cluster's workers (same code and venv,
-    or a ``runtime_env``): unlike :func:`start_local_ray`, nothing is forwarded.
-    """
-    import ray
-
-    if address == "auto":
-        from ray._private import services  # private, but it is how ray.init itself resolves "auto"
-
-        try:
-            with _loopback_ray():  # keeps a 127.0.0.1 address as it is (see the docstring)
-                resolved = services.canonicalize_bootstrap_address_or_die("auto")
-        except (ConnectionError, ValueError) as exc:
-            raise ScalenasError(f"cannot reach Ray cluster at auto: {str(exc).splitlines()[0]}") from None
-    else:
-        resolved = address
-    host, port = _parse_host_port(resolved)
-    try:
-        with socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S):
-            pass
-    except OSError as exc:
-        raise ScalenasError(f"cannot reach Ray cluster at {address} ({host}:{port}: {exc})") from None
-
-    if ray.is_initialized():
-        current = ray.get_runtime_context().gcs_address
-        if _parse_host_port(current) != (host, port):
-            raise ScalenasError(f"this process is already connected to Ray at {current}, not {address}")
-        return
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    loopback = host == "localhost" or is_loopback(host)
-    try:
-        with _loopback_ray() if loopback else contextlib.nullcontext():
-            ray.init(address=resolved, log_to_driver=False, logging_level=logging.WARNING,
-                     **({"_node_ip_address": LOOPBACK} if loopback else {}))
-    except (ConnectionError, RuntimeError) as exc:
-        raise ScalenasError(f"cannot reach Ray cluster at {address}: {str(exc).splitlines()[0]}") from None
 
 
 # ------------------------------------------------------------------------------------------------- workers
@@ -339,7 +113,7 @@ _GET_TIMEOUT_S = 30.0
 DEFAULT_WORKER_TIMEOUT_S = 60.0
 
 
-class _Worker:
+class Worker:
     """One actor and what the pool knows about it."""
 
     __slots__ = ("actor", "where_ref", "load_ref", "created", "replacement", "pid", "node_id", "loaded")
@@ -354,6 +128,182 @@ class _Worker:
     @property
     def placed(self) -> bool:
         return self.pid is not None
+
+
+class Dispatch:
+    """One ``map`` over the pool's workers: which item runs where, what came back, and the rules for what goes
+    wrong. Plain Python: the pool does the Ray calls and tells this object what happened, with the time.
+
+    ``workers`` is the pool's list (``replace(slot)`` puts a fresh actor in place of ``workers[slot]``);
+    ``items`` are handed out first to last, and known by their index. References (``ray.ObjectRef`` in the pool)
+    are opaque keys here. ``lost_nodes`` (the pool's set) collects the nodes seen leaving with actors on them;
+    ``load_deaths`` counts actors that died before their evaluator was built, across maps.
+    """
+
+    def __init__(self, items: list[str], workers: list[Worker], *, max_retries: int, worker_timeout_s: float,
+                 replace: Callable[[int], None], lost_nodes: set[str] | None = None, load_deaths: int = 0,
+                 progress: Callable[[int, int], None] | None = None) -> None:
+        self.items, self.total, self.workers = items, len(items), workers
+        self.max_retries, self.worker_timeout_s = max_retries, worker_timeout_s
+        self.replace, self.progress = replace, progress
+        self.lost_nodes = lost_nodes if lost_nodes is not None else set()
+        self.load_deaths = load_deaths
+        self.results: list[Any] = [None] * self.total
+        self.failures = [0] * self.total
+        self.pending = list(range(self.total - 1, -1, -1))  # a stack, popped from the end: item 0 goes first
+        self.in_flight: dict[Any, tuple[int, int, Worker]] = {}  # reference -> (slot, item, worker)
+        self.busy: dict[int, Any] = {}  # slot -> the reference of the item it runs
+        self.probes: dict[Any, tuple[str, int, Worker]] = {}  # reference -> ("where" | "load", slot, worker)
+        self.done = 0
+        self.rerun = 0  # items sent again because their worker went away
+        self.lost_workers = 0
+        self.no_worker_since: float | None = None
+        self.next_node_check = 0.0  # check the node table before the first dispatch
+
+    @property
+    def finished(self) -> bool:
+        return self.done >= self.total
+
+    # ------------------------------------------------------------------ the rules
+    def requeue(self, slot: int) -> None:
+        """Take back the item of ``slot`` (if any) without charging it: its worker is gone, not its fault."""
+        ref = self.busy.pop(slot, None)
+        if ref is not None:
+            _, idx, _ = self.in_flight.pop(ref)
+            self.pending.append(idx)
+            self.rerun += 1
+
+    def retire(self, slot: int, why: str) -> None:
+        """Replace the worker of ``slot``; its item goes back on the stack."""
+        self.requeue(slot)
+        self.lost_workers += 1
+        self.replace(slot)
+        log.warning("Ray worker %d %s; replaced by a new actor, which gets items once it is placed", slot, why)
+
+    def node_check_due(self, now: float) -> bool:
+        """Whether to read the node table now (every ``_NODE_CHECK_S``, and as soon as a worker is placed)."""
+        if now < self.next_node_check:
+            return False
+        self.next_node_check = now + _NODE_CHECK_S
+        return True
+
+    def nodes_alive(self, alive: Container[str]) -> None:
+        """Lost node: a worker placed on a node that is not ``alive`` any more is retired at once, without
+        waiting for its references to fail."""
+        for slot, w in enumerate(self.workers):
+            if w.node_id is not None and w.node_id not in alive:
+                self.lost_nodes.add(w.node_id)
+                self.retire(slot, f"was on Ray node {w.node_id[:12]}, which left the cluster")
+
+    def check_placement(self, now: float, capacity: Callable[[], str]) -> None:
+        """Unplaced worker: one that holds an item but is not placed within ``worker_timeout_s`` is retired (its
+        item runs elsewhere). When no worker at all is placed for ``worker_timeout_s``, raise
+        :class:`ScalenasError` (``capacity()`` says what the cluster has)."""
+        for slot, w in enumerate(self.workers):
+            if slot in self.busy and not w.placed and now - w.created >= self.worker_timeout_s:
+                self.retire(slot, f"was not placed on any node within {self.worker_timeout_s:g} s")
+        if any(w.placed for w in self.workers):
+            self.no_worker_since = None
+        elif self.no_worker_since is None:
+            self.no_worker_since = now
+        elif now - self.no_worker_since >= self.worker_timeout_s:
+            raise ScalenasError(
+                f"no Ray worker could be placed for {now - self.no_worker_since:.0f} s (worker_timeout_s="
+                f"{self.worker_timeout_s:g}) with {self.total - self.done} of {self.total} items left; "
+                f"{self.lost_workers} worker(s) lost in this batch"
+                + (f", {len(self.lost_nodes)} node(s) gone" if self.lost_nodes else "")
+                + f"; Ray lists {capacity()}; results of earlier batches are kept")
+
+    def eligible(self, w: Worker, now: float) -> bool:
+        """May ``w`` be given an item? Placed actors, and the pool's first actors while they are young (their
+        placement was checked against the cluster's resources). A replacement waits until it is placed, so
+        that items lost with a node run on the workers that remain."""
+        return w.placed or (not w.replacement and now - w.created < self.worker_timeout_s)
+
+    def assign(self, now: float, send: Callable[[Worker, str], Any]) -> None:
+        """Give each idle eligible worker the next item: ``send(worker, item)`` starts it, returns its reference."""
+        for slot, w in enumerate(self.workers):
+            if not self.pending:
+                break
+            if slot not in self.busy and self.eligible(w, now):
+                idx = self.pending.pop()
+                ref = send(w, self.items[idx])
+                self.in_flight[ref] = (slot, idx, w)
+                self.busy[slot] = ref
+
+    def waiting(self) -> list[Any]:
+        """The references to wait on: items in flight, and each worker's placement or loading probe."""
+        self.probes = {}
+        for slot, w in enumerate(self.workers):
+            if not w.placed:
+                self.probes[w.where_ref] = ("where", slot, w)
+            elif not w.loaded:
+                self.probes[w.load_ref] = ("load", slot, w)
+        return [*self.in_flight, *self.probes]
+
+    def is_current(self, ref: Any) -> bool:
+        """Whether ``ref`` still matters: an item in flight, or the probe of a worker not retired since."""
+        if ref in self.probes:
+            _, slot, w = self.probes[ref]
+            return self.workers[slot] is w
+        return ref in self.in_flight
+
+    def is_probe(self, ref: Any) -> bool:
+        return ref in self.probes
+
+    def worker_of(self, ref: Any) -> Worker:
+        return self.probes[ref][2] if ref in self.probes else self.in_flight[ref][2]
+
+    def answered(self, ref: Any, value: Any) -> None:
+        """``ref`` (a current one) came back with ``value``: a placement (pid, node id), a built evaluator, or a
+        result."""
+        if ref in self.probes:
+            kind, _, w = self.probes[ref]
+            if kind == "where":
+                w.pid, w.node_id = value
+                self.next_node_check = 0.0  # is its node still listed? Checked before it gets an item
+            else:
+                w.loaded = True
+                self.load_deaths = 0
+            return
+        slot, idx, _ = self.in_flight.pop(ref)
+        self.busy.pop(slot, None)
+        self.results[idx] = value
+        self.done += 1
+        if self.progress:
+            self.progress(self.done, self.total)
+
+    def died(self, ref: Any, exc: BaseException) -> None:
+        """The worker behind ``ref`` (a current one) went away (``exc``: Ray's error).
+
+        Dead actor, before it was ready: retired; more than ``max_retries`` + workers such deaths in a row
+        (none built since) raise. Failed item, the actor died running it: a fresh actor, the item back on the
+        stack, charged to the item; more than ``max_retries`` failures of one item raise.
+        """
+        if ref in self.probes:
+            kind, slot, w = self.probes[ref]
+            if kind == "load" or not w.placed:
+                self.load_deaths += 1
+                if self.load_deaths > self.max_retries + len(self.workers):
+                    raise ScalenasError(f"Ray workers died {self.load_deaths} times in a row before their evaluator "
+                                        f"was built; last error {_first_line(exc)}") from None
+            self.retire(slot, f"died before it was ready ({_first_line(exc, 120)})")
+            return
+        slot, idx, w = self.in_flight.pop(ref)
+        self.busy.pop(slot, None)
+        # Nothing was recorded for the item, so nothing is counted twice.
+        self.failures[idx] += 1
+        if self.workers[slot] is w:
+            self.replace(slot)
+            self.lost_workers += 1
+        if self.failures[idx] > self.max_retries:
+            raise ScalenasError(f"evaluation of item {idx} failed {self.failures[idx]} times (max_retries="
+                                f"{self.max_retries}); last error {_first_line(exc)}; item: {self.items[idx][:200]}"
+                                ) from None
+        log.warning("Ray worker died on item %d (attempt %d); replacing it: %s", idx, self.failures[idx],
+                    _first_line(exc))
+        self.pending.append(idx)
+        self.rerun += 1
 
 
 class EvaluatorPool:
@@ -431,7 +381,7 @@ class EvaluatorPool:
         self._owns_ray = False
         self._closed = False
         self._local: Evaluator | None = None
-        self._workers: list[_Worker] = []
+        self._workers: list[Worker] = []
         self._actor_cls: Any = None
         self._load_deaths = 0  # actors that died while building the evaluator, since the last good load
 
@@ -448,7 +398,7 @@ class EvaluatorPool:
             self._owns_ray = True
         try:
             if gpus_per_worker is None:
-                gpus_per_worker = 1.0 if _cuda_count() else 0.0
+                gpus_per_worker = 1.0 if cuda_count() else 0.0
             self._gpus = float(gpus_per_worker)
             self._check_capacity(ray, self._gpus)
             self._actor_cls = ray.remote(num_cpus=self.threads_per_worker, num_gpus=gpus_per_worker,
@@ -474,13 +424,13 @@ class EvaluatorPool:
                 f"{self.workers} workers x {gpus:g} GPUs need {self.workers * gpus:g} GPUs, "
                 f"the Ray cluster has {res.get('GPU', 0):g}")
 
-    def _new_worker(self, replacement: bool) -> _Worker:
+    def _new_worker(self, replacement: bool) -> Worker:
         import time
 
         actor = self._actor_cls.remote()
         where_ref = actor.where.remote()  # answers once placed (the constructor is empty)
         load_ref = actor.load.remote(self.make_evaluator, self.threads_per_worker)
-        return _Worker(actor, where_ref, load_ref, time.monotonic(), replacement)
+        return Worker(actor, where_ref, load_ref, time.monotonic(), replacement)
 
     def _replace_actor(self, slot: int) -> None:
         import ray
@@ -491,12 +441,6 @@ class EvaluatorPool:
             pass
         self._workers[slot] = self._new_worker(replacement=True)
         self.replaced_actors += 1
-
-    def _eligible(self, w: _Worker, now: float) -> bool:
-        """May ``w`` be given an item? Placed actors, and the pool's first actors while they are young (their
-        placement was checked against the cluster's resources). A replacement waits until it is placed, so
-        that items lost with a node run on the workers that remain."""
-        return w.placed or (not w.replacement and now - w.created < self.worker_timeout_s)
 
     def _alive_nodes(self, ray: Any) -> dict[str, dict] | None:
         try:
@@ -575,163 +519,71 @@ class EvaluatorPool:
         import ray
 
         retryable = _retryable_errors()
-        total = len(unique)
-        results: list[dict | None] = [None] * total
-        failures = [0] * total
-        pending = list(range(total - 1, -1, -1))  # a stack, popped from the end: item 0 goes first
-        in_flight: dict[Any, tuple[int, int, _Worker]] = {}  # ObjectRef -> (slot, item index, worker)
-        busy: dict[int, Any] = {}  # slot -> the ObjectRef of the item it runs
-        done = 0
-        rerun = 0
-        lost_workers = 0
-        no_worker_since: float | None = None
-        next_node_check = 0.0  # check the node table before the first dispatch
-
-        def requeue(slot: int) -> None:
-            """Take back the item of ``slot`` (if any) without charging it: its worker is gone, not its fault."""
-            nonlocal rerun
-            ref = busy.pop(slot, None)
-            if ref is not None:
-                _, idx, _ = in_flight.pop(ref)
-                pending.append(idx)
-                rerun += 1
-
-        def retire(slot: int, why: str) -> None:
-            nonlocal lost_workers
-            requeue(slot)
-            lost_workers += 1
-            self._replace_actor(slot)
-            log.warning("Ray worker %d %s; replaced by a new actor, which gets items once it is placed",
-                        slot, why)
-
-        def load_failed(w: _Worker) -> ScalenasError | None:
-            """The error of ``w``'s load(), if it failed with an exception of the evaluator factory."""
-            ready, _ = ray.wait([w.load_ref], timeout=_GET_TIMEOUT_S)
-            if not ready:
-                return None
-            try:
-                ray.get(w.load_ref, timeout=_GET_TIMEOUT_S)
-            except retryable:
-                return None
-            except Exception as exc:
-                return ScalenasError(f"could not build the evaluator in a Ray worker: {_last_line(exc)}")
-            return None
-
-        while done < total:
-            now = time.monotonic()
-            if now >= next_node_check:
-                next_node_check = now + _NODE_CHECK_S
-                alive = self._alive_nodes(ray)
-                if alive is not None:
-                    for slot, w in enumerate(self._workers):
-                        if w.node_id is not None and w.node_id not in alive:
-                            self.lost_nodes.add(w.node_id)
-                            retire(slot, f"was on Ray node {w.node_id[:12]}, which left the cluster")
-            for slot, w in enumerate(self._workers):
-                # Not placed in time while holding an item: give the item to a placed worker.
-                if slot in busy and not w.placed and now - w.created >= self.worker_timeout_s:
-                    retire(slot, f"was not placed on any node within {self.worker_timeout_s:g} s")
-            if any(w.placed for w in self._workers):
-                no_worker_since = None
-            elif no_worker_since is None:
-                no_worker_since = now
-            elif now - no_worker_since >= self.worker_timeout_s:
-                raise ScalenasError(
-                    f"no Ray worker could be placed for {now - no_worker_since:.0f} s (worker_timeout_s="
-                    f"{self.worker_timeout_s:g}) with {total - done} of {total} items left; "
-                    f"{lost_workers} worker(s) lost in this batch"
-                    + (f", {len(self.lost_nodes)} node(s) gone" if self.lost_nodes else "")
-                    + f"; Ray lists {self._capacity_text(ray)}; results of earlier batches are kept")
-
-            for slot, w in enumerate(self._workers):
-                if not pending:
-                    break
-                if slot not in busy and self._eligible(w, now):
-                    idx = pending.pop()
-                    ref = w.actor.evaluate.remote(unique[idx])
-                    in_flight[ref] = (slot, idx, w)
-                    busy[slot] = ref
-
-            probes: dict[Any, tuple[str, int, _Worker]] = {}
-            for slot, w in enumerate(self._workers):
-                if not w.placed:
-                    probes[w.where_ref] = ("where", slot, w)
-                elif not w.loaded:
-                    probes[w.load_ref] = ("load", slot, w)
-            waiting = [*in_flight, *probes]
-            if not waiting:  # nothing placed, loading or running (all retired just now): re-check shortly
-                time.sleep(_POLL_S)
-                continue
-            ready, _ = ray.wait(waiting, num_returns=1, timeout=_POLL_S)
-            if ready and len(waiting) > 1:  # take everything that is ready now, not one per round
-                ready, _ = ray.wait(waiting, num_returns=len(waiting), timeout=0)
-            for ref in ready:
-                if ref in probes:
-                    kind, slot, w = probes[ref]
-                    if self._workers[slot] is not w:
+        d = Dispatch(unique, self._workers, max_retries=self.max_retries, worker_timeout_s=self.worker_timeout_s,
+                     replace=self._replace_actor, lost_nodes=self.lost_nodes, load_deaths=self._load_deaths,
+                     progress=self._result_in)
+        try:
+            while not d.finished:
+                now = time.monotonic()
+                if d.node_check_due(now):
+                    alive = self._alive_nodes(ray)
+                    if alive is not None:
+                        d.nodes_alive(alive)
+                d.check_placement(now, lambda: self._capacity_text(ray))
+                d.assign(now, lambda w, item: w.actor.evaluate.remote(item))
+                waiting = d.waiting()
+                if not waiting:  # nothing placed, loading or running (all retired just now): re-check shortly
+                    time.sleep(_POLL_S)
+                    continue
+                ready, _ = ray.wait(waiting, num_returns=1, timeout=_POLL_S)
+                if ready and len(waiting) > 1:  # take everything that is ready now, not one per round
+                    ready, _ = ray.wait(waiting, num_returns=len(waiting), timeout=0)
+                for ref in ready:
+                    if not d.is_current(ref):  # its worker was retired earlier in this round
                         continue
                     try:
                         value = ray.get(ref, timeout=_GET_TIMEOUT_S)
                     except retryable as exc:
-                        if kind == "load" or not w.placed:
-                            self._load_deaths += 1
-                            if self._load_deaths > self.max_retries + self.workers:
-                                raise ScalenasError(
-                                    f"Ray workers died {self._load_deaths} times in a row before their evaluator "
-                                    f"was built; last error {_first_line(exc)}") from None
-                        retire(slot, f"died before it was ready ({_first_line(exc, 120)})")
+                        d.died(ref, exc)
                         continue
-                    except Exception as exc:  # make_evaluator() raised: deterministic, retrying is pointless
-                        raise ScalenasError(
-                            f"could not build the evaluator in a Ray worker: {_last_line(exc)}") from exc
-                    if kind == "where":
-                        w.pid, w.node_id = value
-                        next_node_check = 0.0  # is its node still listed? Checked before it gets an item
-                    else:
-                        w.loaded = True
-                        self._load_deaths = 0
-                    continue
-
-                if ref not in in_flight:  # its worker was retired earlier in this round; item re-queued
-                    continue
-                slot, idx, w = in_flight.pop(ref)
-                busy.pop(slot, None)
-                try:
-                    value = ray.get(ref, timeout=_GET_TIMEOUT_S)
-                except retryable as exc:
-                    # The worker died (crash, OOM kill, node loss) while running this item: fresh actor,
-                    # item back on the stack. Nothing was recorded for it, so nothing is counted twice.
-                    failures[idx] += 1
-                    if self._workers[slot] is w:
-                        self._replace_actor(slot)
-                        lost_workers += 1
-                    if failures[idx] > self.max_retries:
-                        raise ScalenasError(
-                            f"evaluation of item {idx} failed {failures[idx]} times (max_retries="
-                            f"{self.max_retries}); last error {_first_line(exc)}; item: {unique[idx][:200]}"
-                        ) from None
-                    log.warning("Ray worker died on item %d (attempt %d); replacing it: %s",
-                                idx, failures[idx], _first_line(exc))
-                    pending.append(idx)
-                    rerun += 1
-                    continue
-                except Exception:
-                    # The evaluator raised; if it was never built, say so instead of its knock-on error.
-                    err = load_failed(w)
-                    if err is not None:
-                        raise err from None
-                    raise
-                results[idx] = value
-                done += 1
-                self.evaluations += 1
-                if self.progress:
-                    self.progress(done, total)
-        self.rerun_items += rerun
-        if rerun:
+                    except Exception as exc:
+                        if d.is_probe(ref):  # make_evaluator() raised: deterministic, retrying is pointless
+                            raise ScalenasError(
+                                f"could not build the evaluator in a Ray worker: {_last_line(exc)}") from exc
+                        # The evaluator raised; if it was never built, say so instead of its knock-on error.
+                        err = self._load_error(d.worker_of(ref), retryable)
+                        if err is not None:
+                            raise err from None
+                        raise
+                    d.answered(ref, value)
+        finally:
+            self._load_deaths = d.load_deaths
+        self.rerun_items += d.rerun
+        if d.rerun:
             log.warning("re-ran %d of %d item(s) after losing %d Ray worker(s)%s; all %d results are in",
-                        rerun, total, lost_workers,
-                        f" ({len(self.lost_nodes)} node(s) gone)" if self.lost_nodes else "", total)
-        return results  # type: ignore[return-value]
+                        d.rerun, d.total, d.lost_workers,
+                        f" ({len(self.lost_nodes)} node(s) gone)" if self.lost_nodes else "", d.total)
+        return d.results
+
+    def _result_in(self, done: int, total: int) -> None:
+        self.evaluations += 1
+        if self.progress:
+            self.progress(done, total)
+
+    def _load_error(self, w: Worker, retryable: tuple[type[BaseException], ...]) -> ScalenasError | None:
+        """The error of ``w``'s load(), if it failed with an exception of the evaluator factory."""
+        import ray
+
+        ready, _ = ray.wait([w.load_ref], timeout=_GET_TIMEOUT_S)
+        if not ready:
+            return None
+        try:
+            ray.get(w.load_ref, timeout=_GET_TIMEOUT_S)
+        except retryable:
+            return None
+        except Exception as exc:
+            return ScalenasError(f"could not build the evaluator in a Ray worker: {_last_line(exc)}")
+        return None
 
     # -- lifetime -----------------------------------------------------------------------------------------
     def close(self) -> None:

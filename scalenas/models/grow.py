@@ -156,52 +156,54 @@ class AdaptedBlock(nn.Module):
         return self.block(x, *args, **kwargs) + self.scale * self.adapter(x)
 
 
-class LowRankLinear(nn.Module):
-    """``base(x) + s * x @ (A @ B)^T``: a per-instance low-rank delta on a (shared) Linear; ``B`` starts at 0."""
+class LowRankDelta(nn.Module):
+    """A (shared) ``base`` layer plus a per-instance low-rank delta ``s * A @ B`` of its weight (out x in); ``B``
+    starts at 0, so the grown instance starts as an exact copy. Subclasses apply it to their kind of layer."""
 
-    def __init__(self, base: nn.Linear, rank: int, scale: float) -> None:
+    def __init__(self, base: nn.Module, out_dim: int, in_dim: int, rank: int, scale: float) -> None:
         super().__init__()
         self.base = base
         like = {"device": base.weight.device, "dtype": base.weight.dtype}
-        self.lr_a = nn.Parameter(torch.empty(base.out_features, rank, **like))
-        self.lr_b = nn.Parameter(torch.zeros(rank, base.in_features, **like))
+        self.lr_a = nn.Parameter(torch.empty(out_dim, rank, **like))
+        self.lr_b = nn.Parameter(torch.zeros(rank, in_dim, **like))
         nn.init.uniform_(self.lr_a, -1.0 / math.sqrt(rank), 1.0 / math.sqrt(rank))
         self.scale = scale
+
+    def delta(self) -> torch.Tensor:
+        """``s * A @ B``, shape (out, in)."""
+        return self.scale * (self.lr_a @ self.lr_b)
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base.bias
+
+
+class LowRankLinear(LowRankDelta):
+    """``base(x) + s * x @ (A @ B)^T``: a per-instance low-rank delta on a (shared) Linear."""
+
+    def __init__(self, base: nn.Linear, rank: int, scale: float) -> None:
+        super().__init__(base, base.out_features, base.in_features, rank, scale)
 
     @property
     def weight(self) -> torch.Tensor:
         # The effective weight, for callers that read ``.weight`` instead of calling the module
         # (nn.MultiheadAttention's out_proj, TransformerEncoderLayer's fast path): they must see the delta.
-        return self.base.weight + self.scale * (self.lr_a @ self.lr_b)
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base.bias
+        return self.base.weight + self.delta()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Two thin matmuls instead of materialising A @ B (cheaper for rank << width).
         return self.base(x) + self.scale * F.linear(F.linear(x, self.lr_b), self.lr_a)
 
 
-class LowRankConv1x1(nn.Module):
-    """A 1x1 ``Conv2d`` (groups 1) plus a per-instance low-rank delta ``A @ B``; ``B`` starts at 0."""
+class LowRankConv1x1(LowRankDelta):
+    """A 1x1 ``Conv2d`` (groups 1) plus a per-instance low-rank delta ``A @ B``."""
 
     def __init__(self, base: nn.Conv2d, rank: int, scale: float) -> None:
-        super().__init__()
-        self.base = base
-        like = {"device": base.weight.device, "dtype": base.weight.dtype}
-        self.lr_a = nn.Parameter(torch.empty(base.out_channels, rank, **like))
-        self.lr_b = nn.Parameter(torch.zeros(rank, base.in_channels, **like))
-        nn.init.uniform_(self.lr_a, -1.0 / math.sqrt(rank), 1.0 / math.sqrt(rank))
-        self.scale = scale
+        super().__init__(base, base.out_channels, base.in_channels, rank, scale)
 
     @property
     def weight(self) -> torch.Tensor:  # effective weight, see LowRankLinear.weight
-        return self.base.weight + self.scale * (self.lr_a @ self.lr_b)[:, :, None, None]
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base.bias
+        return self.base.weight + self.delta()[:, :, None, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = self.base
@@ -211,7 +213,6 @@ class LowRankConv1x1(nn.Module):
 
 
 _ADAPTER_TYPES = (ParallelAdapter,)
-_LOWRANK_TYPES = (LowRankLinear, LowRankConv1x1)
 
 
 # ------------------------------------------------------------------------------------------ the grown model
@@ -558,7 +559,7 @@ def _adjustment_params(model: nn.Module) -> Iterator[nn.Parameter]:
     for m in model.modules():
         if isinstance(m, _ADAPTER_TYPES):
             yield from m.parameters()
-        elif isinstance(m, _LOWRANK_TYPES):
+        elif isinstance(m, LowRankDelta):
             yield m.lr_a
             yield m.lr_b
 

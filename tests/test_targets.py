@@ -33,6 +33,8 @@ def test_format_flops():
     assert format_flops(1_220_000_000) == "1.22G"
     assert format_flops(306_000_000) == "306M"
     assert format_flops(950) == "950"
+    assert [format_flops(n, decimals=3) for n in (1_220_000_000, 306_000_000, 4_500, 950.7)] == \
+        ["1.220G", "306.000M", "4.500K", "950"]  # the fixed form of `scalenas space show` and `flops`
 
 
 def test_stage_targets_single_value_and_list():

@@ -55,10 +55,9 @@ def cmd_space_show(args: argparse.Namespace) -> int:
 
 
 def _fmt(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3f}{unit}"
-    return str(int(n))
+    from scalenas.spaces.targets import format_flops
+
+    return format_flops(n, decimals=3)
 
 
 # ------------------------------------------------------------------ sample

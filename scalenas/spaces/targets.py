@@ -41,12 +41,13 @@ def parse_flops(text: str | int | float) -> int:
     return int(flops)
 
 
-def format_flops(flops: float) -> str:
-    """``1220000000`` → ``"1.22G"`` (three significant digits)."""
+def format_flops(flops: float, decimals: int | None = None) -> str:
+    """``1220000000`` → ``"1.22G"`` (three significant digits); with ``decimals=3`` → ``"1.220G"`` (and a count
+    below 1000 as a whole number). Also for parameter counts."""
     for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(flops) >= scale:
-            return f"{flops / scale:.3g}{unit}"
-    return f"{flops:.3g}"
+            return f"{flops / scale:.3g}{unit}" if decimals is None else f"{flops / scale:.{decimals}f}{unit}"
+    return f"{flops:.3g}" if decimals is None else str(int(flops))
 
 
 def check_tolerance(tol: float) -> float:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -50,6 +51,24 @@ def torch_threads():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def no_ray_left():
+    """The test must end with Ray shut down: one that leaves it running fails (after shutting it down)."""
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+        pytest.fail("Ray was left running")
+
+
+def cli_code(main: Callable[[list[str]], int], args: list[str]) -> int:
+    """``main(args)`` with argparse's own errors (SystemExit(2) after one stderr line) turned into a return code."""
+    try:
+        return main(args)
+    except SystemExit as exc:
+        return int(exc.code)
 
 
 @pytest.fixture(scope="session")

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
-pytestmark = [pytest.mark.slow]
+# the jobs run with --workers 0: no Ray
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_threads", "no_ray_left")]
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILY_COLUMNS = {"strategy", "stage", "seed", "extrapolated", "flops", "params", "test_top1", "holdout_top1"}
@@ -28,21 +28,6 @@ def _load(path: Path, name: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def _no_ray():
-    yield
-    ray = sys.modules.get("ray")
-    assert ray is None or not ray.is_initialized(), "these scripts must not start Ray with --workers 0"
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import cli_code
 
 from scalenas.cli.main import main
 from scalenas.data.datasets import Split
@@ -34,10 +35,7 @@ SMALL = {"population": 6, "generations": 3, "elites": 2, "seed": 3}
 
 
 def cli(args: list[str]) -> int:
-    try:
-        return main(args)
-    except SystemExit as exc:
-        return int(exc.code)
+    return cli_code(main, args)
 
 
 def toy_result(sub: Subnet) -> dict:

@@ -32,6 +32,8 @@ from scalenas.train.config import load_job
 from scalenas.train.standalone import TRAIN_CKPT_NAME, train_standalone
 from scalenas.train.supernet import train_supernet
 
+pytestmark = pytest.mark.usefixtures("torch_threads")
+
 SPACE = load_space("digits-tiny")
 SMALL = {"space": "digits-tiny", "base": [["ir_k3"], ["ir_k3"], ["ir_k3"], ["ir_k3"]], "depth": 1.0, "width": 1.0,
          "resolution": 16}
@@ -43,14 +45,6 @@ TRAIN = ["--batch-size", "32", "--threads", "1", "--device", "cpu", "--no-progre
 
 
 # ------------------------------------------------------------------------------------------ helpers
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def cli(capsys, *argv) -> tuple[int, str, str]:
     """``scalenas ARGV`` in-process: (exit code, stdout, stderr); argparse's own exits become exit codes."""
     capsys.readouterr()

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from conftest import cli_code
 
 from scalenas.cli.main import main
 from scalenas.report.search_report import FAMILY_COLUMNS, LOG_COLUMNS, PARETO_COLUMNS
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_threads", "no_ray_left")]
 
 TARGET = "4M"  # digits-tiny, 3 scaling stages: targets 0.5M, 1M, 2M, 4M, all inside their feasible ranges
 REPORTS = ("pareto.csv", "family.csv", "chain.json", "best.json", "search_log.csv", "pareto.png", "state.json",
@@ -31,24 +31,6 @@ def search_args(run: Path, *extra: str, workers: str = "0", generations: str = "
     return ["search", "--run", str(run), "--target-flops", TARGET, "--generations", generations,
             "--population", population, "--elites", "2", "--workers", workers, "--calib-batches", "1",
             "--no-progress", *extra]
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def _no_ray_left():
-    """Every test ends with Ray shut down; a test that left it running fails (after cleaning up)."""
-    yield
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        ray.shutdown()
-        pytest.fail("Ray was left running")
 
 
 @pytest.fixture(scope="session")
@@ -77,11 +59,7 @@ def reference(trained_run, tmp_path_factory) -> Path:
 
 
 def cli(args: list[str]) -> int:
-    """``main`` with argparse's own errors (SystemExit(2) after one stderr line) turned into a return code."""
-    try:
-        return main(args)
-    except SystemExit as exc:
-        return int(exc.code)
+    return cli_code(main, args)
 
 
 def _read(path: Path) -> dict:

@@ -11,10 +11,10 @@ from torch import nn
 
 from scalenas.cli.grow import add_parser, run
 from scalenas.errors import ScalenasError
-from scalenas.models.grow import (AdaptedBlock, AdaptedViTBlock, GrownModel, LowRankLinear, count_unique_params,
-                           grow, param_report)
+from scalenas.models.grow import AdaptedBlock, AdaptedViTBlock, GrownModel, LowRankLinear, grow, param_report
 from scalenas.models.registry import load_model, register_model, save_model
 from scalenas.models.vit import ViT
+from scalenas.spaces.flops import count_params
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -189,7 +189,7 @@ def test_grown_model_without_its_inserted_blocks_is_the_original_function() -> N
 # ------------------------------------------------------------------------------------------- accounting
 def test_param_accounting_by_hand() -> None:
     net = UserNet()  # 2 x Linear(4,4) = 2 x 20, head 10 -> 50
-    assert count_unique_params(net) == 50
+    assert count_params(net) == 50
     g = grow(net, "2x", block_lists=["body.layers"], rank=2)
     # 4 instances x adapter (down 4*2+2, up 2*4+4 = 22) = 88 new; copied Linears shared -> counted once.
     assert param_report(net, g) == {"original": 50, "grown": 138, "added": 88, "overhead_pct": 176.0}
@@ -201,13 +201,13 @@ def test_param_accounting_by_hand() -> None:
     assert sum(p.numel() for _, p in none.named_parameters(remove_duplicate=False)) == 90
 
 
-def test_count_unique_params_dedupes_tied_and_view_tensors() -> None:
+def test_count_params_dedupes_tied_and_view_tensors() -> None:
     a = nn.Linear(3, 3)
     b = nn.Linear(3, 3)
     b.weight = a.weight  # tied object
-    assert count_unique_params(nn.ModuleList([a, b])) == 9 + 3 + 3
+    assert count_params(nn.ModuleList([a, b])) == 9 + 3 + 3
     base = torch.zeros(5)
-    assert count_unique_params([base, base.view(5), base[:2]]) == 5 + 2
+    assert count_params([base, base.view(5), base[:2]]) == 5 + 2
 
 
 def test_default_vit_2x_overhead_is_below_15_percent() -> None:

@@ -58,7 +58,7 @@ import copy
 from dataclasses import dataclass
 import math
 import re
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +69,7 @@ from scalenas.errors import ScalenasError
 from scalenas.options import check_options, option
 from scalenas.models.registry import register_model
 from scalenas.models.vit import Block as ViTBlock
+from scalenas.spaces.flops import count_params
 
 ORDERS = ("stack", "interleave")
 ADAPTERS = ("parallel", "lowrank", "none")
@@ -621,32 +622,9 @@ def grow(model: nn.Module, depth: str | int = "2x", *, order: str = "stack", ada
     return GrownModel(work, plan, base)
 
 
-def _param_key(p: torch.Tensor) -> tuple[Any, ...]:
-    try:
-        ptr = p.untyped_storage().data_ptr()
-    except (RuntimeError, NotImplementedError):  # meta / fake tensors have no storage
-        ptr = 0
-    if ptr == 0:
-        return ("id", id(p))
-    return (p.device.type, ptr, p.storage_offset(), tuple(p.shape), tuple(p.stride()))
-
-
-def count_unique_params(module: nn.Module | Iterable[torch.Tensor]) -> int:
-    """Number of parameter elements, each shared tensor counted once (same object or same storage view)."""
-    params = module.parameters() if isinstance(module, nn.Module) else module
-    seen: set[tuple[Any, ...]] = set()
-    total = 0
-    for p in params:
-        key = _param_key(p)
-        if key not in seen:
-            seen.add(key)
-            total += p.numel()
-    return total
-
-
 def param_report(original: nn.Module, grown: nn.Module) -> dict[str, Any]:
     """``{"original", "grown", "added", "overhead_pct"}`` with shared tensors counted once."""
-    n0 = count_unique_params(original)
-    n1 = count_unique_params(grown)
+    n0 = count_params(original)
+    n1 = count_params(grown)
     return {"original": n0, "grown": n1, "added": n1 - n0,
             "overhead_pct": 100.0 * (n1 - n0) / n0 if n0 else float("nan")}

@@ -9,6 +9,7 @@ subnets; it takes microseconds where fvcore takes ~100 ms (it traces the model).
 from __future__ import annotations
 
 import warnings
+from typing import Any, Iterable
 
 import torch
 from torch import nn
@@ -68,15 +69,28 @@ def subnet_flops_params(space: SearchSpace, subnet: Subnet) -> tuple[int, int]:
     return hit
 
 
-def count_params(model: nn.Module) -> int:
-    """Parameters of a module, shared tensors counted once."""
-    seen = set()
+def count_params(model: nn.Module | Iterable[torch.Tensor]) -> int:
+    """Parameter elements of a module (or of the tensors given), each shared tensor counted once: the same
+    object, or the same view of the same storage (tied weights, grown models)."""
+    params = model.parameters() if isinstance(model, nn.Module) else model
+    seen: set[tuple[Any, ...]] = set()
     total = 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
+    for p in params:
+        key = _storage_key(p)
+        if key not in seen:
+            seen.add(key)
             total += p.numel()
     return total
+
+
+def _storage_key(p: torch.Tensor) -> tuple[Any, ...]:
+    try:
+        ptr = p.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # meta / fake tensors have no storage
+        ptr = 0
+    if ptr == 0:
+        return ("id", id(p))
+    return (p.device.type, ptr, p.storage_offset(), tuple(p.shape), tuple(p.stride()))
 
 
 def fvcore_flops(model: nn.Module, resolution: int, in_channels: int) -> int:

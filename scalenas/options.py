@@ -68,11 +68,15 @@ def coerce_option(f: dataclasses.Field, value: Any, where: str, label: str | Non
     return value
 
 
-def _range_text(meta: dict[str, Any]) -> str:
-    lo, hi = meta.get("min"), meta.get("max")
-    left = "" if lo is None else f"{'>' if meta.get('min_open') else '>='} {lo:g}"
-    right = "" if hi is None else f"{'<' if meta.get('max_open') else '<='} {hi:g}"
+def range_text(lo: float | None, hi: float | None, lo_open: bool = False, hi_open: bool = False) -> str:
+    """``>= 1 and <= 20``, ``> 1``, ...: a range as the messages and the help texts write it."""
+    left = "" if lo is None else f"{'>' if lo_open else '>='} {lo:g}"
+    right = "" if hi is None else f"{'<' if hi_open else '<='} {hi:g}"
     return " and ".join(x for x in (left, right) if x)
+
+
+def _range_text(meta: dict[str, Any]) -> str:
+    return range_text(meta.get("min"), meta.get("max"), bool(meta.get("min_open")), bool(meta.get("max_open")))
 
 
 def check_value(f: dataclasses.Field, value: Any, where: str, label: str | None = None) -> None:

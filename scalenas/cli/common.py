@@ -7,7 +7,7 @@ import math
 from typing import Any, Callable, Iterable
 
 from scalenas.errors import ScalenasError
-from scalenas.options import check_value, describe, type_name
+from scalenas.options import check_value, describe, range_text, type_name
 
 _TYPES = {"int": int, "float": float, "str": str}
 
@@ -79,10 +79,3 @@ def number(flag: str, kind: type = int, *, min: float | None = None, max: float 
 
     parse.__name__ = kind.__name__  # argparse names the type in its own messages
     return parse
-
-
-def range_text(lo: float | None, hi: float | None, lo_open: bool = False, hi_open: bool = False) -> str:
-    """``>= 1 and <= 20``, ``> 1``, ...: a range as the messages and the help texts write it."""
-    left = "" if lo is None else f"{'>' if lo_open else '>='} {lo:g}"
-    right = "" if hi is None else f"{'<' if hi_open else '<='} {hi:g}"
-    return " and ".join(x for x in (left, right) if x)

@@ -504,6 +504,13 @@ class _Lazy:
     file_list: dict | None = None
 
 
+def check_seed(seed: Any) -> int:
+    """A data seed (splits, batch order): a non-negative int, else :class:`ScalenasError`."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ScalenasError(f"seed={seed!r}: must be a non-negative integer")
+    return seed
+
+
 def _check_int(name: str, value: Any, low: int) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
         raise ScalenasError(f"{name}={value!r}: must be an integer >= {low}")
@@ -565,8 +572,7 @@ def load_data(spec: str, *, seed: int = 0, holdout_frac: float = 0.15, test_frac
     ``augment``/``flip`` choose the device pipeline (:mod:`scalenas.data.augment`). Raises
     :class:`ScalenasError` for any bad input.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ScalenasError(f"seed={seed!r}: must be a non-negative integer")
+    check_seed(seed)
     holdout_frac = _check_frac("holdout_frac", holdout_frac)
     _check_int("in_channels", in_channels, 1)
     if store_size is not None and (isinstance(store_size, bool) or not isinstance(store_size, int)
@@ -857,8 +863,7 @@ class BatchIterator:
             raise ScalenasError(f"world_size={world_size!r}: must be a positive integer")
         if not isinstance(rank, int) or not 0 <= rank < world_size:
             raise ScalenasError(f"rank={rank!r}: must be in [0, world_size={world_size})")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ScalenasError(f"seed={seed!r}: must be a non-negative integer")
+        check_seed(seed)
         self.split = split
         self.batch_size = batch_size
         self.seed = seed

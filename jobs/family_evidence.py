@@ -307,24 +307,18 @@ def train_one(task: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from scalenas.train.config import load_job
-    from scalenas.train.standalone import RESULT_NAME, TRAIN_CKPT_NAME, train_standalone
+    from scalenas.train.standalone import train_or_reuse
 
     torch.set_num_threads(task["threads"])
-    out = Path(task["out_dir"])
-    if (out / RESULT_NAME).is_file():
-        return {**json.loads((out / RESULT_NAME).read_text()), "reused": True}
     cfg = load_job(task["job"], {**{k: v for k, v in task["overrides"].items() if v is not None},
                                  "seed": task["seed"], "threads": task["threads"]})
-    resume = (out / TRAIN_CKPT_NAME).is_file()
-    summary = train_standalone(cfg, None if resume else task["arch"], None if resume else "scratch", out_dir=out,
-                               resume=resume, progress=False)
-    if summary.get("already_finished"):
-        return json.loads((out / RESULT_NAME).read_text())
-    if not summary["finished"]:
+    try:
+        result, how = train_or_reuse(cfg, task["arch"], "scratch", task["out_dir"])
+    except KeyboardInterrupt:
         if task.get("in_worker"):
             os._exit(130)  # checkpoint saved; a pool worker would otherwise take the next task
-        raise KeyboardInterrupt
-    return summary["result"]
+        raise
+    return {**result, "reused": True} if how == "reused" else result
 
 
 def run_tasks(tasks: list[dict[str, Any]], jobs: int) -> list[dict[str, Any]]:

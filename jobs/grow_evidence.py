@@ -20,7 +20,6 @@ Writes ``results/grow_evidence.csv`` (one row per trained model) and ``results/g
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
@@ -38,7 +37,7 @@ from scalenas.models.registry import load_model, save_model  # noqa: E402
 from scalenas.models.vit import ViT  # noqa: E402
 from scalenas.train.config import FOLLOW_KEYS, follow_overrides, followed_record, load_job  # noqa: E402
 from scalenas.train.family import train_family  # noqa: E402
-from scalenas.train.standalone import RESULT_NAME, train_standalone  # noqa: E402
+from scalenas.train.standalone import RESULT_NAME, train_or_reuse  # noqa: E402
 
 COMMON = {"data": "digits", "data_seed": 0, "threads": 1, "device": "cpu", "log_every": 10}
 
@@ -84,13 +83,11 @@ def run_cnn(search: Path, cache: Path, e: int, batch: int, seed: int) -> list[di
 
 
 def _train_vit(model, out: Path, steps: int, seed: int, batch: int, lr: float) -> dict:
-    if (out / RESULT_NAME).is_file():
-        return json.loads((out / RESULT_NAME).read_text())
     init = out.parent / f"{out.name}-init.pt"
-    if model is not None:
+    if model is not None and not (out / RESULT_NAME).is_file():
         save_model(init, model)
     cfg = load_job("digits", recipe(steps, seed, batch, optimizer="adamw", lr=lr))
-    return train_standalone(cfg, str(init), out_dir=out, progress=False)["result"]
+    return train_or_reuse(cfg, str(init), None, out)[0]
 
 
 def run_vit(cache: Path, e: int, batch: int, lr: float, seed: int) -> list[dict]:

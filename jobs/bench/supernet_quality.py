@@ -263,7 +263,7 @@ def standalone_config(args) -> TrainConfig:
 
 def standalone_results(args, subnets, out: Path, earlier: dict[str, dict]) -> tuple[dict[str, dict], int, int]:
     """name -> result.json of every subnet (trained here or cached); (results, trained, cached)."""
-    from scalenas.train.standalone import RESULT_NAME, TRAIN_CKPT_NAME, train_standalone
+    from scalenas.train.standalone import train_or_reuse
 
     cfg = standalone_config(args)
     rec = {k: v for k, v in cfg.to_dict().items() if k not in EVAL_ONLY_KEYS}
@@ -278,19 +278,17 @@ def standalone_results(args, subnets, out: Path, earlier: dict[str, dict]) -> tu
         key = {"arch": sub.to_dict(), "space": space_key(args.space), "config": rec}
         run = out / "standalone" / f"st-{digest(key)}"
         tag = f"[standalone {i + 1}/{len(subnets)}] {name} {sub.short()}"
-        if (run / RESULT_NAME).is_file():
-            results[name] = json.loads((run / RESULT_NAME).read_text())
+        t0 = time.perf_counter()
+        try:
+            results[name], how = train_or_reuse(cfg, arch, "scratch", run)
+        except KeyboardInterrupt:
+            raise ScalenasError(f"{run}: standalone training interrupted; rerun to resume") from None
+        if how == "reused":
             cached += 1  # counted in the summary line, not one line each
             continue
-        resume = (run / TRAIN_CKPT_NAME).is_file()
-        t0 = time.perf_counter()
-        summary = train_standalone(cfg, arch, "scratch", run, resume=resume, progress=False)
-        if not (summary.get("finished") or summary.get("already_finished")):
-            raise ScalenasError(f"{run}: standalone training interrupted; rerun to resume")
-        results[name] = json.loads((run / RESULT_NAME).read_text())
         trained += 1
-        log(f"{tag}: {'resumed and ' if resume else ''}trained {cfg.steps} steps in {time.perf_counter() - t0:.1f} s, "
-            f"holdout {results[name]['holdout_top1']:.4f}")
+        log(f"{tag}: {'resumed and ' if how == 'resumed' else ''}trained {cfg.steps} steps in "
+            f"{time.perf_counter() - t0:.1f} s, holdout {results[name]['holdout_top1']:.4f}")
     return results, trained, cached
 
 

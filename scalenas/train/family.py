@@ -25,7 +25,7 @@ from scalenas.runs import STANDALONE_CKPT, SearchFolder
 from scalenas.spaces.arch import derive_subnet, parse_subnet
 from scalenas.spaces.space import SearchSpace, load_space, resolve_space_ref
 from scalenas.train.config import TrainConfig, followed_record
-from scalenas.train.standalone import RESULT_NAME, train_standalone
+from scalenas.train.standalone import RESULT_NAME, train_or_reuse
 
 STANDALONE_COLUMNS = ["stage", "kind", "arch", "holdout_top1", "test_top1", "run_dir", "init", "steps",
                       "train_seconds", "block_steps", "data_fingerprint"]
@@ -100,23 +100,15 @@ def train_family(search_dir: str | Path, cfg: TrainConfig, *, grow: bool = False
     for m in members:
         space = member_space(folder, m["arch"])
         run = root / f"s{m['stage']}"
-        result_path = run / RESULT_NAME
-        if result_path.is_file():
-            result = json.loads(result_path.read_text())
-        else:
-            resume = (run / STANDALONE_CKPT).is_file()
-            arch_arg: str | None = json.dumps(m["arch"])
-            init = "scratch"
-            if grow and previous is not None and not resume:
-                grown_file = root / f"s{m['stage']}-grown-init.pt"
-                grown = grow_to(load_model(previous), m["arch"], depth_init=depth_init, seed=cfg.seed)
-                save_model(grown_file, grown, extra={"source": f"grown from {previous}"})
-                arch_arg, init = str(grown_file), None
-            summary = train_standalone(cfg, None if resume else arch_arg, None if resume else init, out_dir=run,
-                                       resume=resume, progress=progress, space=space, follow=follow)
-            if not summary["finished"]:
-                raise KeyboardInterrupt
-            result = summary["result"]
+        arch_arg: str | None = json.dumps(m["arch"])
+        init: str | None = "scratch"
+        fresh = not (run / RESULT_NAME).is_file() and not (run / STANDALONE_CKPT).is_file()
+        if grow and previous is not None and fresh:
+            grown_file = root / f"s{m['stage']}-grown-init.pt"
+            grown = grow_to(load_model(previous), m["arch"], depth_init=depth_init, seed=cfg.seed)
+            save_model(grown_file, grown, extra={"source": f"grown from {previous}"})
+            arch_arg, init = str(grown_file), None
+        result, _ = train_or_reuse(cfg, arch_arg, init, run, progress=progress, space=space, follow=follow)
         previous = run / "final.pt"
         rows.append({"stage": m["stage"], "kind": m["kind"], "arch": json.dumps(m["arch"]),
                      "holdout_top1": result.get("holdout_top1"), "test_top1": result.get("test_top1"),

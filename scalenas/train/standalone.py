@@ -437,6 +437,29 @@ def _train_standalone(cfg: TrainConfig, spec: ModelSpec | None, out_dir: Path, d
     return summary
 
 
+def train_or_reuse(cfg: TrainConfig, arch: str | None, init: str | None, out_dir: str | Path, *,
+                   progress: bool = False, space: SearchSpace | str | None = None,
+                   follow: dict[str, Any] | None = None) -> tuple[dict[str, Any], str]:
+    """(result.json, how) of the standalone run in ``out_dir``: reused when it finished, resumed from its checkpoint
+    when it was interrupted, else trained from ``arch`` / ``init``; ``how`` is ``reused``, ``resumed`` or
+    ``trained``. The cache every evidence script and ``train --family`` share; an interruption (signal) raises
+    :class:`KeyboardInterrupt` after the checkpoint is saved, so rerunning resumes."""
+    out = Path(out_dir)
+    if (out / RESULT_NAME).is_file():
+        try:
+            return json.loads((out / RESULT_NAME).read_text()), "reused"
+        except (OSError, ValueError):
+            raise ScalenasError(f"{out / RESULT_NAME}: unreadable; remove the run folder to train it again") from None
+    resume = (out / TRAIN_CKPT_NAME).is_file()
+    summary = train_standalone(cfg, None if resume else arch, None if resume else init, out_dir=out, resume=resume,
+                               progress=progress, space=space, follow=follow)
+    if summary.get("already_finished"):
+        return json.loads((out / RESULT_NAME).read_text()), "reused"
+    if not summary["finished"]:
+        raise KeyboardInterrupt
+    return summary["result"], "resumed" if resume else "trained"
+
+
 def find_results(root: str | Path) -> list[dict[str, Any]]:
     """Every ``result.json`` directly under ``root`` (``root/*/result.json``), each with its ``run_dir``."""
     out = []

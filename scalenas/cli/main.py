@@ -10,7 +10,7 @@ from typing import Sequence
 from scalenas.errors import ScalenasError
 
 # One module per command (group); each has add_parser(subparsers), which sets ``func(args) -> exit code``.
-COMMANDS = ("inspect", "train_supernet", "train", "search", "extrapolate", "grow", "report", "demo")
+COMMANDS = ("inspect", "train_supernet", "train", "search", "extrapolate", "grow", "report", "latency", "demo")
 
 
 class OneLineParser(argparse.ArgumentParser):

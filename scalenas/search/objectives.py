@@ -14,11 +14,17 @@ family (or a part of it) is, without knowing how a strategy represents or breeds
   ones compare by fitness, infeasible ones by their total violation. Among feasible ones a strategy may treat
   fitness differences below the noise as ties and prefer the family nearest its FLOPs targets, or the cheaper one
   (:meth:`FamilyObjective.cost`).
+
+Latency (docs/method.md, "Latency") is a second constraint of the same kind: with :class:`LatencyTargets` a member
+must also lie within the tolerance of its stage's latency target, its latency predicted from a measured table;
+without FLOPs targets latency is the only constraint. Violations, the cheap stage bound and the tie-break cost
+sum over the constraints in force.
 """
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -30,21 +36,50 @@ from scalenas.spaces.space import SearchSpace
 TABLE_CACHE_SIZE = 20_000  # (base, stage) violation tables kept before the derived cache is dropped
 
 
+@dataclass(frozen=True)
+class LatencyTargets:
+    """Latency targets of stages 0..S in ms, and the predictor of a member's latency in ms (e.g.
+    :meth:`scalenas.latency.table.LatencyTable.predict`)."""
+
+    targets: Sequence[float]
+    predict: Callable[[Subnet], float]
+
+
 class FamilyObjective:
-    """FLOPs targets T_0..T_S with a relative ``tolerance``, and fitness weights of stages 0..S.
+    """FLOPs targets T_0..T_S (and/or :class:`LatencyTargets`) with a relative ``tolerance``, and fitness weights
+    of stages 0..S.
 
     ``targets`` and ``tolerance`` are expected checked (:func:`scalenas.spaces.targets.check_targets`) and
-    ``stage_weights`` resolved (:meth:`scalenas.search.strategy.SearchOptions.resolved`).
+    ``stage_weights`` resolved (:meth:`scalenas.search.strategy.SearchOptions.resolved`). ``targets`` may be empty
+    when ``latency`` is given (latency is then the only constraint).
     """
 
-    def __init__(self, space: SearchSpace, targets: Sequence[int], tolerance: float,
-                 stage_weights: Sequence[float]) -> None:
+    def __init__(self, space: SearchSpace, targets: Sequence[int] | None, tolerance: float,
+                 stage_weights: Sequence[float], latency: LatencyTargets | None = None) -> None:
         self.space = space
-        self.targets = [int(t) for t in targets]
-        self.n = len(self.targets) - 1  # S: scaling stages
+        self.targets = [int(t) for t in targets or ()]
+        self.latency = latency
+        self.n = len(self.targets or (latency.targets if latency else ())) - 1  # S: scaling stages
         self.tolerance = tolerance
         self.stage_weights = [float(w) for w in stage_weights]
-        self._tables: dict[tuple[Base, int], np.ndarray] = {}  # FLOPs violations per (base, stage), derived
+        self._tables: dict[tuple[Base, int], np.ndarray] = {}  # violations per (base, stage), derived
+
+    def measures(self, stage: int, sub: Subnet) -> list[tuple[float, float]]:
+        """(value, target) of each constraint in force for a member of ``stage``: FLOPs, predicted latency (ms)."""
+        out = []
+        if self.targets:
+            out.append((float(subnet_flops_params(self.space, sub)[0]), float(self.targets[stage])))
+        if self.latency is not None:
+            out.append((float(self.latency.predict(sub)), float(self.latency.targets[stage])))
+        return out
+
+    def member_violation(self, stage: int, sub: Subnet) -> float:
+        """Relative distance of a member outside its stage's bands, summed over the constraints (0: inside)."""
+        return sum(max(0.0, abs(v / t - 1.0) - self.tolerance) for v, t in self.measures(stage, sub))
+
+    def target_distance(self, stage: int, sub: Subnet) -> float:
+        """Summed |log(value / target)| of a member over the constraints (0: on target)."""
+        return sum(abs(math.log(v / t)) for v, t in self.measures(stage, sub))
 
     # ------------------------------------------------------------------ members
     def subnet(self, base: Base, stage: int, state: State) -> Subnet:
@@ -62,8 +97,8 @@ class FamilyObjective:
         return max(0.0, abs(flops / self.targets[stage] - 1.0) - self.tolerance)
 
     def violation(self, members: Iterable[tuple[int, Subnet]]) -> float:
-        """Total relative FLOPs violation over (stage, subnet) members (0: feasible)."""
-        return sum(self.stage_violation(s, subnet_flops_params(self.space, sub)[0]) for s, sub in members)
+        """Total relative violation (FLOPs and/or latency) over (stage, subnet) members (0: feasible)."""
+        return sum(self.member_violation(s, sub) for s, sub in members)
 
     def stage_table(self, base: Base, stage: int) -> np.ndarray:
         """Violation of every state of ``stage`` for ``base``, shape (|D_s|, |W_s|, |R_s|) (cached, derived)."""
@@ -74,7 +109,7 @@ class FamilyObjective:
             table = np.empty((len(sc.depth), len(sc.width), len(sc.resolution)))
             for idx in np.ndindex(*table.shape):
                 sub = self.subnet(base, stage, idx)  # type: ignore[arg-type]
-                table[idx] = self.stage_violation(stage, subnet_flops_params(self.space, sub)[0])
+                table[idx] = self.member_violation(stage, sub)
             if len(self._tables) > TABLE_CACHE_SIZE:  # a derived cache: bounded, cheap to rebuild
                 self._tables.clear()
             self._tables[key] = table
@@ -83,14 +118,15 @@ class FamilyObjective:
     def stage_possible(self, base: Base, stage: int) -> bool:
         """Cheap necessary condition: the band meets [FLOPs at the smallest, at the largest options].
 
-        FLOPs are monotone in d, w and r, so two FLOPs counts bound the whole stage.
+        FLOPs are monotone in d, w and r, so two FLOPs counts bound the whole stage; predicted latency, a sum of
+        measured layer latencies, is too (up to timing noise).
         """
         sc = self.space.scaling[stage]
-        lo = subnet_flops_params(self.space, self.subnet(base, stage, (0, 0, 0)))[0]
-        hi = subnet_flops_params(self.space, self.subnet(
-            base, stage, (len(sc.depth) - 1, len(sc.width) - 1, len(sc.resolution) - 1)))[0]
-        t, tol = self.targets[stage], self.tolerance
-        return lo <= t * (1 + tol) and hi >= t * (1 - tol)
+        lo = self.measures(stage, self.subnet(base, stage, (0, 0, 0)))
+        hi = self.measures(stage, self.subnet(
+            base, stage, (len(sc.depth) - 1, len(sc.width) - 1, len(sc.resolution) - 1)))
+        tol = self.tolerance
+        return all(a <= t * (1 + tol) and b >= t * (1 - tol) for (a, t), (b, _) in zip(lo, hi))
 
     def base_promising(self, base: Base, stages: Iterable[int]) -> bool:
         """Every stage in ``stages`` could be feasible for ``base`` (stage 0 checked exactly)."""
@@ -125,8 +161,9 @@ class FamilyObjective:
     def cost(self, members: Iterable[tuple[int, Subnet]], tie_break: str = "target") -> float:
         """The tie-break cost of (stage, subnet) members, lower first (each stage counts alike, whatever its size):
         ``target``: the summed distance |log(FLOPs / target)| of the members from their stage targets (the
-        family that lands on the FLOPs asked for); ``cheaper``: their FLOPs relative to the targets, summed."""
-        ratios = [subnet_flops_params(self.space, sub)[0] / self.targets[s] for s, sub in members]
+        family that lands on the FLOPs asked for); ``cheaper``: their FLOPs relative to the targets, summed
+        (latency too, when it is a constraint)."""
+        ratios = [v / t for s, sub in members for v, t in self.measures(s, sub)]
         return sum(ratios) if tie_break == "cheaper" else sum(abs(math.log(r)) for r in ratios)
 
     @staticmethod

@@ -168,16 +168,21 @@ class SearchResults:
 
     # ------------------------------------------------------------------ report rows
     def stage_row(self, base: Base, stage: int, state: State) -> dict[str, Any]:
-        """One member: target and FLOPs, params, (r, d, w), both metrics and their noise, feasibility, arch."""
+        """One member: target and FLOPs, params, (with latency targets: target and predicted latency in ms),
+        (r, d, w), both metrics and their noise, feasibility, arch."""
         sub = self.objective.subnet(base, stage, state)
         flops, params = subnet_flops_params(self.space, sub)
         m = self.measures(base, stage, state)
         top1 = self.top1(base, stage, state)
-        return {"stage": stage, "target_flops": self.targets[stage], "flops": flops, "params": params,
+        latency = self.objective.latency
+        lat = {} if latency is None else {"target_latency_ms": float(latency.targets[stage]),
+                                          "latency_ms": float(latency.predict(sub))}
+        return {"stage": stage, "target_flops": self.targets[stage] if self.targets else None, "flops": flops,
+                "params": params, **lat,
                 "resolution": sub.resolution, "depth_mult": sub.depth, "width_mult": sub.width,
                 "top1": None if top1 is None or math.isnan(top1) else top1, "top1_se": m["top1_se"],
                 "loss": m["loss"], "loss_se": m["loss_se"],
-                "feasible": self.objective.stage_violation(stage, flops) == 0.0, "arch": sub.to_json()}
+                "feasible": self.objective.member_violation(stage, sub) == 0.0, "arch": sub.to_json()}
 
     def pareto_rows(self) -> list[dict[str, Any]]:
         """One row per evaluated (candidate, stage), in evaluation order (``is_pareto`` added by reports)."""

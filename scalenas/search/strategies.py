@@ -20,10 +20,10 @@ import numpy as np
 from scalenas.errors import ScalenasError
 from scalenas.search.candidate import Candidate
 from scalenas.search.markov import MarkovChainModel, State, draw_state
+from scalenas.search.objectives import LatencyTargets
 from scalenas.search.operators import random_family, random_state
 from scalenas.search.strategy import SearchOptions, Strategy
 from scalenas.spaces.arch import Base, base_to_json, sample_base
-from scalenas.spaces.flops import subnet_flops_params
 from scalenas.spaces.space import SearchSpace, load_space
 
 
@@ -241,8 +241,7 @@ class CompoundStrategy(Strategy):
                                for phi in np.linspace(0.0, phi_max, 2001))
         best, best_err = None, math.inf
         for state in states:
-            flops = subnet_flops_params(self.space, self.objective.subnet(base, stage, state))[0]  # type: ignore
-            err = abs(math.log(flops / self.targets[stage]))
+            err = self.objective.target_distance(stage, self.objective.subnet(base, stage, state))  # type: ignore
             if err < best_err:
                 best, best_err = state, err
         return best  # type: ignore[return-value]
@@ -344,11 +343,12 @@ def strategy_names() -> list[str]:
     return list(STRATEGIES)
 
 
-def make_strategy(name: str, space: SearchSpace | str, targets: Sequence[int],
-                  options: SearchOptions | Mapping[str, Any] | None = None) -> Strategy:
+def make_strategy(name: str, space: SearchSpace | str, targets: Sequence[int] | None,
+                  options: SearchOptions | Mapping[str, Any] | None = None,
+                  latency: LatencyTargets | None = None) -> Strategy:
     """A search strategy by name: ``markov`` (default), ``alternate``, ``compound``, ``random``, ``independent``."""
     if name not in STRATEGIES:
         raise ScalenasError(f"unknown search strategy {name!r} (known: {', '.join(strategy_names())})")
     if not isinstance(options, SearchOptions):
         options = SearchOptions.from_dict(options)
-    return STRATEGIES[name](load_space(space), targets, options)
+    return STRATEGIES[name](load_space(space), targets, options, latency)

@@ -42,7 +42,7 @@ from scalenas.errors import ScalenasError
 from scalenas.options import check_options, option
 from scalenas.search import operators
 from scalenas.search.candidate import Candidate, built_key
-from scalenas.search.objectives import FamilyObjective
+from scalenas.search.objectives import FamilyObjective, LatencyTargets
 from scalenas.search.results import METRICS, SearchResults
 from scalenas.spaces.arch import Base, Subnet, parse_subnet
 from scalenas.spaces.space import SearchSpace
@@ -144,13 +144,23 @@ class Strategy:
 
     name = ""
 
-    def __init__(self, space: SearchSpace, targets: Sequence[int], options: SearchOptions | None = None) -> None:
+    def __init__(self, space: SearchSpace, targets: Sequence[int] | None, options: SearchOptions | None = None,
+                 latency: LatencyTargets | None = None) -> None:
+        """``targets``: FLOPs targets of stages 0..S; ``latency``: latency targets and predictor (both must hold
+        when both are given; either may be left out, not both)."""
         self.space = space
-        self.targets = [int(t) for t in targets]
-        self.n = len(self.targets) - 1  # S: scaling stages searched
+        self.targets = [int(t) for t in targets or ()]
+        self.latency = latency
+        self.latency_targets = [float(t) for t in latency.targets] if latency else None
+        if not self.targets and latency is None:
+            raise ScalenasError("a search needs FLOPs targets, latency targets or both")
+        if self.targets and latency is not None and len(self.targets) != len(latency.targets):
+            raise ScalenasError(f"{len(self.targets)} FLOPs targets but {len(latency.targets)} latency targets")
+        self.n = len(self.targets or latency.targets) - 1  # S: scaling stages searched
         options = options or SearchOptions()
         self.options = options.resolved(self.n)
-        check_targets(space, self.targets, self.options.tolerance)
+        if self.targets:
+            check_targets(space, self.targets, self.options.tolerance)
         self.objective = self._objective()
         self.results = self._new_results()
         self.rng = random.Random(self.options.seed)
@@ -204,7 +214,7 @@ class Strategy:
     # ------------------------------------------------------------------ members, de-duplication and ranking
     def _objective(self) -> FamilyObjective:
         return FamilyObjective(self.space, self.targets, self.options.tolerance,
-                               self.options.stage_weights)  # type: ignore[arg-type]
+                               self.options.stage_weights, self.latency)  # type: ignore[arg-type]
 
     def _new_results(self) -> SearchResults:
         return SearchResults(self.objective, self.options.metric, self.options.tie_tolerance, self.name)
@@ -384,6 +394,7 @@ class Strategy:
         results = self.results.state_dict()
         return {
             "format": STATE_FORMAT, "strategy": self.name, "space": self.space.name, "targets": self.targets,
+            "latency_targets": self.latency_targets,
             "options": self.options.to_dict(), "rng": _rng_state(self.rng), "generation": self.generation,
             "done": self.done, "budget_hit": self.budget_hit, "gave_up": self.gave_up,
             "evaluations": self.evaluations,
@@ -400,9 +411,10 @@ class Strategy:
         if state.get("format") != STATE_FORMAT:
             raise ScalenasError(f"search state format {state.get('format')!r} is not supported "
                                 f"(expected {STATE_FORMAT})")
-        for field_name, mine in (("strategy", self.name), ("space", self.space.name), ("targets", self.targets)):
-            if state[field_name] != mine:
-                raise ScalenasError(f"cannot resume: the saved search has {field_name} {state[field_name]!r}, "
+        for field_name, mine in (("strategy", self.name), ("space", self.space.name), ("targets", self.targets),
+                                 ("latency_targets", self.latency_targets)):
+            if state.get(field_name) != mine:
+                raise ScalenasError(f"cannot resume: the saved search has {field_name} {state.get(field_name)!r}, "
                                     f"this one {mine!r}")
         options = SearchOptions.from_dict(state["options"]).resolved(self.n)
         if options.metric != self.options.metric:  # the cache holds scores of the saved metric

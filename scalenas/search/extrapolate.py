@@ -27,7 +27,7 @@ option lists: they are reported as not evaluated and must be trained standalone 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from scipy.optimize import brentq
@@ -97,8 +97,13 @@ def step_direction(space: SearchSpace, chain: Sequence[tuple[float, float, int]]
 
 def extrapolate(space: SearchSpace | str, base: Base | Sequence[Sequence[str]],
                 chain: Sequence[tuple[float, float, int]], steps: int, growth: float | None = None,
-                tolerance: float = 0.1, weights: Sequence[float] | None = None) -> list[dict[str, Any]]:
+                tolerance: float = 0.1, weights: Sequence[float] | None = None,
+                latency: Callable[[Subnet], float] | None = None) -> list[dict[str, Any]]:
     """``steps`` new members after the chain's last stage, each ≈ ``growth`` × the previous member's FLOPs.
+
+    ``latency`` (a predictor of a member's latency in ms, e.g. :meth:`scalenas.latency.table.LatencyTable.predict`):
+    members grow by ``growth`` x the previous member's predicted latency instead (a family searched by latency
+    continues by latency); they then also carry ``target_latency_ms`` and ``latency_ms``.
 
     ``chain`` holds (depth, width, resolution) of stages 1..S of the best family. Each member dict has the
     family.csv fields (stage, kind="extrapolated", target_flops, flops, params, resolution, depth_mult,
@@ -130,12 +135,16 @@ def extrapolate(space: SearchSpace | str, base: Base | Sequence[Sequence[str]],
             f"options of space {space.name!r}: depth <= {limits['depth']:g}, width <= {limits['width']:g}, "
             f"resolution <= {limits['resolution']:g}); extrapolate fewer steps or with a smaller growth")
 
+    def size(sub: Subnet) -> float:  # what the members grow by
+        return float(latency(sub)) if latency is not None else float(subnet_flops_params(space, sub)[0])
+
     d, w, r = chain[-1]
     prev = Subnet(space.name, base, float(d), float(w), int(r))
     prev_flops = subnet_flops_params(space, prev)[0]
+    prev_size = size(prev)
     members: list[dict[str, Any]] = []
     for m in range(1, steps + 1):
-        target = growth * prev_flops
+        target = growth * prev_size
         origin = np.array([math.log(prev.depth), math.log(prev.width), math.log(prev.resolution / r0)])
         r_min = step * math.ceil(prev.resolution / step)  # never below the previous member, on the step grid
 
@@ -155,7 +164,7 @@ def extrapolate(space: SearchSpace | str, base: Base | Sequence[Sequence[str]],
             return Subnet(space.name, base, round(math.exp(ld), DECIMALS), width, int(res))
 
         def log_gap(t: float, at=at, target: float = target) -> float:
-            return log_gap_of(space, at(t), target)
+            return math.log(size(at(t)) / target)
 
         t_hi = 0.05
         for _ in range(60):  # bounded bracket search: FLOPs grow without bound along u (u >= 0, |u| = 1)
@@ -165,7 +174,8 @@ def extrapolate(space: SearchSpace | str, base: Base | Sequence[Sequence[str]],
                 break
             t_hi *= 2.0
         else:
-            raise ScalenasError(f"extrapolation step {m}: no step length reaches {target:.3g} FLOPs")
+            raise ScalenasError(f"extrapolation step {m}: no step length reaches {target:.3g} "
+                                f"{'ms' if latency else 'FLOPs'}")
         t_star = brentq(log_gap, 0.0, t_hi, xtol=1e-9) if log_gap(0.0) < 0 else 0.0
 
         # FLOPs are a step function of t: score the rounded neighbours, keep the one closest in log (gaps equal
@@ -183,16 +193,19 @@ def extrapolate(space: SearchSpace | str, base: Base | Sequence[Sequence[str]],
                     if key in seen or cand == prev:
                         continue
                     seen.add(key)
-                    score = (round(abs(log_gap_of(space, cand, target)), 3), abs(math.log(nudge)), abs(t - t_star))
+                    score = (round(abs(math.log(size(cand) / target)), 3), abs(math.log(nudge)), abs(t - t_star))
                     if best is None or score < best[:3]:
                         best = (*score, cand, t)
         if best is None:
             raise too_large(m)
         member, t_used = best[3], best[4]
         flops, params = subnet_flops_params(space, member)
-        within = abs(flops / target - 1.0) <= tolerance
+        grown = size(member)
+        within = abs(grown / target - 1.0) <= tolerance
+        by_latency = {} if latency is None else {"target_latency_ms": target, "latency_ms": grown}
         members.append({
-            "stage": len(chain) + m, "kind": "extrapolated", "target_flops": int(round(target)), "flops": flops,
+            "stage": len(chain) + m, "kind": "extrapolated",
+            "target_flops": None if latency else int(round(target)), "flops": flops, **by_latency,
             "params": params, "resolution": member.resolution, "depth_mult": member.depth,
             "width_mult": member.width, "top1": None, "feasible": within, "arch": member.to_json(),
             "step": m, "flops_ratio": flops / prev_flops, "within_tolerance": within, "step_length": float(t_used),
@@ -201,7 +214,7 @@ def extrapolate(space: SearchSpace | str, base: Base | Sequence[Sequence[str]],
         })
         # the next member starts from this one's canonical name (the same network), as a new call would
         (d, w, r), = canonical_chain(space, base, [(member.depth, member.width, member.resolution)])
-        prev, prev_flops = Subnet(space.name, base, d, w, r), flops
+        prev, prev_flops, prev_size = Subnet(space.name, base, d, w, r), flops, grown
     return members
 
 

@@ -35,6 +35,7 @@ from scalenas.io import atomic_write_csv, atomic_write_text, seed_everything  # 
 from scalenas.models.grow import grow  # noqa: E402
 from scalenas.models.registry import load_model, save_model  # noqa: E402
 from scalenas.models.vit import ViT  # noqa: E402
+from scalenas.runs import RunFolder  # noqa: E402
 from scalenas.train.config import FOLLOW_KEYS, follow_overrides, followed_record, load_job  # noqa: E402
 from scalenas.train.family import train_family  # noqa: E402
 from scalenas.train.standalone import RESULT_NAME, train_or_reuse  # noqa: E402
@@ -103,7 +104,7 @@ def run_vit(cache: Path, e: int, batch: int, lr: float, seed: int) -> list[dict]
     seed_everything(seed)
     orig = _train_vit(ViT(depth=6), cache / f"vit-original-seed{seed}", e, seed, batch, lr)
     row("original", orig, 6, e, 6 * e)
-    grown_model = grow(load_model(cache / f"vit-original-seed{seed}" / "final.pt"), "2x")
+    grown_model = grow(load_model(cache / f"vit-original-seed{seed}" / RunFolder.FINAL), "2x")
     res = _train_vit(grown_model, cache / f"vit-grown-seed{seed}", e, seed, batch, lr)
     row("grown", res, 12, e, 6 * e + 12 * e)
     for variant, steps in (("scratch_E", e), ("scratch_3E", 3 * e)):

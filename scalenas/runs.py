@@ -171,11 +171,15 @@ class SearchFolder:
     FAMILY = "family.csv"
     LOG = "search_log.csv"
     PLOT = "pareto.png"
+    FAMILY_PLOT = "family.png"
     STANDALONE = "standalone.csv"
     EXTRAPOLATION = "extrapolation.json"
     DATA = RunFolder.DATA
     SPACE = RunFolder.SPACE
+    MEMBER_PREFIX = "member_s"
     MEMBER_GLOB = "member_s*.json"
+    REPORTS = (BEST, FAMILY, PARETO, CHAIN)  # rewritten after every generation, after the state
+    SEARCH_FILES = (STATE, PARETO, FAMILY, CHAIN, BEST, LOG, PLOT, CONFIG)  # what a search writes (--force clears)
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -186,9 +190,16 @@ class SearchFolder:
     def file(self, name: str) -> Path:
         return self.path / name
 
-    @staticmethod
-    def member_name(stage: int) -> str:
-        return f"member_s{int(stage)}.json"
+    @classmethod
+    def member_name(cls, stage: int) -> str:
+        return f"{cls.MEMBER_PREFIX}{int(stage)}.json"
+
+    @classmethod
+    def member_stage(cls, path: str | Path) -> int | None:
+        """The stage of a member file (``member_s5.json`` -> 5); None for any other name."""
+        stem = Path(path).stem
+        tail = stem[len(cls.MEMBER_PREFIX):]
+        return int(tail) if stem.startswith(cls.MEMBER_PREFIX) and tail.isdigit() else None
 
     def member_file(self, stage: int) -> Path:
         return self.path / self.member_name(stage)
@@ -242,12 +253,52 @@ class SearchFolder:
     def write_space(self, raw: dict[str, Any]) -> Path:
         return RunFolder(self.path).write_space(raw)
 
+    # ---- the search state: one reader (every failure is one line) and one atomic writer
+    @property
+    def state_file(self) -> Path:
+        return self.path / self.STATE
+
+    def holds_state(self) -> bool:
+        return self.state_file.exists()
+
+    def read_state(self) -> dict[str, Any]:
+        """The saved search state (``state.json``), for a resume: a missing, unreadable or non-object file is one
+        clear line starting ``cannot resume``."""
+        path = self.state_file
+        if not path.is_file():
+            raise ScalenasError(f"cannot resume: {path} does not exist")
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise ScalenasError(f"cannot resume: {path} is unreadable ({type(exc).__name__})") from None
+        if not isinstance(state, dict):
+            raise ScalenasError(f"cannot resume: {path} is not a search state")
+        return state
+
+    def write_state(self, state: dict[str, Any]) -> Path:
+        from scalenas.io import atomic_write_json
+
+        return atomic_write_json(self.state_file, state)
+
+    def write_config(self, config: dict[str, Any]) -> Path:
+        from scalenas.io import atomic_write_json
+
+        return atomic_write_json(self.path / self.CONFIG, config)
+
+    def reports_complete(self) -> bool:
+        """Whether the reports were written after the last saved state (a kill between the state write and the
+        report writes leaves them behind: then a resume writes them again)."""
+        try:
+            state = self.state_file.stat().st_mtime_ns
+            return all((self.path / name).stat().st_mtime_ns >= state for name in self.REPORTS)
+        except OSError:
+            return False
+
     def state_done(self) -> bool | None:
         """Whether the saved search state says the search finished (None: no state file)."""
-        path = self.path / self.STATE
-        if not path.is_file():
+        if not self.state_file.is_file():
             return None
         try:
-            return bool(json.loads(path.read_text()).get("done"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            return bool(self.read_state().get("done"))
+        except ScalenasError:
             return False

@@ -21,6 +21,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from scalenas.io import atomic_write_csv  # noqa: E402
+from scalenas.runs import RunFolder  # noqa: E402
 
 
 def main() -> int:
@@ -37,7 +38,7 @@ def main() -> int:
         cpu_s = None
     else:
         run = Path(args.out)
-        if (run / "checkpoint.pt").exists():
+        if (run / RunFolder.CHECKPOINT).exists():
             sys.exit(f"{run} exists; remove it or pass another --out")
         cmd = [sys.executable, "-m", "scalenas.cli", "train-supernet", "--out", str(run), "--no-progress",
                *args.extra]
@@ -46,7 +47,7 @@ def main() -> int:
         wall = time.perf_counter() - t0
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu_s = usage.ru_utime + usage.ru_stime
-    summary = json.loads((run / "run_summary.json").read_text())
+    summary = json.loads((run / RunFolder.SUMMARY).read_text())
     row = {"when": time.strftime("%Y-%m-%d %H:%M"), "run": str(run), "extra_flags": " ".join(args.extra), "note": args.note,
            "steps": summary["steps"], "threads": summary["threads"], "wall_s": summary["wall_s"],
            "process_wall_s": None if args.from_run else round(wall, 1),

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import random
 import re
@@ -45,6 +44,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from scalenas.runs import RunFolder, SearchFolder  # noqa: E402
 
 TARGETS = ("train-supernet", "search", "search-worker")
 COLUMNS = ["target", "trial", "kill_after_s", "kills", "resumes", "identical", "log_rows_complete", "seconds",
@@ -58,7 +58,7 @@ SEARCH = ["--population", "6", "--generations", "3", "--elites", "2", "--seed", 
           "--no-progress"]
 SMOKE_SEARCH = ["--population", "3", "--generations", "2", "--elites", "2", "--calib-batches", "1", "--seed", "0",
                 "--device", "cpu", "--no-progress"]
-REPORTS = ("pareto.csv", "family.csv", "best.json", "chain.json")
+REPORTS = SearchFolder.REPORTS
 TRAIN_LOG_COLUMNS = ("step", "epoch", "lr", "loss", "train_top1", "stage", "resolution")
 SEARCH_LOG_SKIP = ("evaluations_per_s",)  # timing
 ACTOR = "ray::_EvaluatorActor"
@@ -232,10 +232,10 @@ def same_reports(out: Path, ref: Path) -> tuple[bool, str]:
 
 
 def search_log_complete(out: Path, ref: Path) -> tuple[bool, str]:
-    ok, why = same_rows(out / "search_log.csv", ref / "search_log.csv", skip=SEARCH_LOG_SKIP)
+    ok, why = same_rows(out / SearchFolder.LOG, ref / SearchFolder.LOG, skip=SEARCH_LOG_SKIP)
     try:
-        ea = json.loads((out / "state.json").read_text())["evaluations"]
-        eb = json.loads((ref / "state.json").read_text())["evaluations"]
+        ea = SearchFolder(out).read_state()["evaluations"]
+        eb = SearchFolder(ref).read_state()["evaluations"]
     except (OSError, ValueError, KeyError) as exc:
         return False, f"state.json: {type(exc).__name__}"
     if ea != eb:
@@ -285,7 +285,7 @@ class Sweep:
             r = Run(self.search_argv(out, 0), self.log, self.work)
             state_at = None  # when the first state.json (what --resume needs) appeared
             while r.proc.poll() is None and r.elapsed() < self.args.timeout:
-                if state_at is None and (out / "state.json").exists():
+                if state_at is None and SearchFolder(out).holds_state():
                     state_at = r.elapsed()
                 time.sleep(0.1)
             wall = r.elapsed()
@@ -350,13 +350,13 @@ class Sweep:
         ref = self.ref_train()
         out = self.work / f"train-{k}"
         t = time.monotonic()
-        res = self.kill_and_resume(out, ["train-supernet", *self.train, "--out", str(out)], "checkpoint.pt",
+        res = self.kill_and_resume(out, ["train-supernet", *self.train, "--out", str(out)], RunFolder.CHECKPOINT,
                                    ref["wall"])
         notes = []
         if res["rc"] != 0:
             notes.append(f"final exit {res['rc']}")
-        ident, why = same_weights(out / "checkpoint.pt", ref["out"] / "checkpoint.pt") if \
-            (out / "checkpoint.pt").is_file() else (False, "no checkpoint")
+        ident, why = same_weights(out / RunFolder.CHECKPOINT, ref["out"] / RunFolder.CHECKPOINT) if \
+            (out / RunFolder.CHECKPOINT).is_file() else (False, "no checkpoint")
         complete, why_log = same_rows(out / "train_log.csv", ref["out"] / "train_log.csv", keep=TRAIN_LOG_COLUMNS)
         notes += [why, why_log]
         if leftovers(out):
@@ -370,7 +370,7 @@ class Sweep:
         t = time.monotonic()
         # the first kill after the reference's first state.json: a kill before it leaves nothing to resume (a
         # fresh start, as for train-supernet), after it every kill is followed by --resume
-        res = self.kill_and_resume(out, self.search_argv(out, 0), "state.json", ref["wall"], lo=ref["state_at"])
+        res = self.kill_and_resume(out, self.search_argv(out, 0), SearchFolder.STATE, ref["wall"], lo=ref["state_at"])
         ident, why = same_reports(out, ref["out"])
         complete, why_log = search_log_complete(out, ref["out"])
         notes = ([f"final exit {res['rc']}"] if res["rc"] != 0 else []) + [why, why_log]

@@ -57,6 +57,8 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
+from scalenas.runs import RunFolder, SearchFolder  # noqa: E402
+
 # Before Ray is imported anywhere (the wrapper exports them too): a private Ray on loopback, no telemetry.
 for _k, _v in (("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0"), ("RAY_USAGE_STATS_ENABLED", "0"),
                ("RAY_AUTH_MODE", "disabled")):
@@ -240,19 +242,19 @@ def check_train_fp16(sz: Sizes, work: Path) -> list[dict]:
 
 def supernet_checkpoint(sz: Sizes, work: Path) -> tuple[Path, str]:
     """The train_bf16 checkpoint; when that check did not leave one, a short fp32 run of our own."""
-    ckpt = work / "train_bf16" / "checkpoint.pt"
+    ckpt = work / "train_bf16" / RunFolder.CHECKPOINT
     if ckpt.is_file():
         return ckpt, "the train_bf16 supernet"
     from scalenas.train.config import load_job
     from scalenas.train.supernet import train_supernet
 
     out = work / "fallback_supernet"
-    if not (out / "checkpoint.pt").is_file():
+    if not (out / RunFolder.CHECKPOINT).is_file():
         cfg = load_job(None, {"space": TRAIN_SPACE, "data": TRAIN_DATA, "steps": 3, "batch_size": 32,
                               "device": sz.device, "amp": "off", "warmup_steps": 1, "panel_random": 0,
                               "bn_calib_batches": 1, "threads": sz.threads, "seed": 0})
         train_supernet(cfg, out, progress=False)
-    return out / "checkpoint.pt", "a 3-step fp32 supernet (train_bf16 left no checkpoint)"
+    return out / RunFolder.CHECKPOINT, "a 3-step fp32 supernet (train_bf16 left no checkpoint)"
 
 
 def check_export(sz: Sizes, work: Path) -> list[dict]:
@@ -396,8 +398,8 @@ def check_ray(sz: Sizes, work: Path) -> list[dict]:
         t_search = time.perf_counter() - t1
         if rc != 0:
             raise RuntimeError(f"scalenas search exit code {rc}")
-        config = json.loads((out / "search_config.json").read_text())
-        with open(out / "search_log.csv", newline="") as fh:
+        config = SearchFolder(out).config()
+        with open(out / SearchFolder.LOG, newline="") as fh:
             log = list(csv.DictReader(fh))
         # The probe: the same evaluator class in a Ray actor on the GPU, reporting where it computed.
         make = functools.partial(DeviceProbeEvaluator, str(ckpt), calib_batches=1, device=sz.device, threads=1)

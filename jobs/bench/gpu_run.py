@@ -58,6 +58,7 @@ for _p in (REPO, REPO / "jobs", Path(__file__).resolve().parent):  # the package
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
+from scalenas.runs import SearchFolder  # noqa: E402
 from gpu_check import (device_name, error_line, finite, one_line, randomize_bn_, read_log, row,  # noqa: E402
                        set_fp32_exact, steady_steps_per_s, stop_group, sync)
 
@@ -769,7 +770,7 @@ def phase_evidence(ctx: Context, rec: Recorder) -> None:
 # ============================================================================================ d: growth
 def phase_growth(ctx: Context, rec: Recorder) -> None:
     search = Path(ctx.args.grow_search) if ctx.args.grow_search else DEFAULT_GROW_SEARCH
-    if not (search / "family.csv").is_file():
+    if not (search / SearchFolder.FAMILY).is_file():
         rec.add("growth", "skipped: no search", "seconds", 0.0, "s",
                 f"no search folder with extrapolated members at {search} (give --grow-search; carry it to the GPU "
                 "machine)")

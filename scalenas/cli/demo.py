@@ -8,6 +8,7 @@ import argparse
 import time
 from pathlib import Path
 
+from scalenas.runs import SearchFolder
 from scalenas.cli.common import number
 from scalenas.errors import ScalenasError
 from scalenas.io import SEED_RANGE
@@ -114,5 +115,5 @@ def run_demo(args: argparse.Namespace) -> int:
     print("plots: " + ", ".join(str(p) for p in paths))
     print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) + f"; total {total:.0f} s")
     print(f"run directory: {out}  (train the extrapolated members with: scalenas train --arch "
-          f"{folder}/member_s{space.num_scaling_stages + 1}.json)")
+          f"{SearchFolder(folder).member_file(space.num_scaling_stages + 1)})")
     return 0

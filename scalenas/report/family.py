@@ -167,7 +167,7 @@ def extrapolate_search(folder: Path, steps: int, growth: float | None = None,
     members = extrapolate(space, base, chain, steps, growth=growth, tolerance=tol)
 
     sf = SearchFolder(folder)
-    larger = sorted(int(p.stem[len("member_s"):]) for p in sf.member_files() if p.stem[len("member_s"):].isdigit())
+    larger = sorted(s for s in map(sf.member_stage, sf.member_files()) if s is not None)
     last_new = max((int(m["stage"]) for m in members), default=len(chain))
     if larger and larger[-1] > last_new and not replace:
         raise ScalenasError(f"{folder} already holds extrapolated members up to s{larger[-1]}; --steps {steps} would "
@@ -191,11 +191,11 @@ def extrapolate_search(folder: Path, steps: int, growth: float | None = None,
                                     embed=True))
         arch.update({"stage": m["stage"], "kind": "extrapolated", "flops": m["flops"], "params": m["params"],
                      "target_flops": m["target_flops"]})
-        path = folder / f"member_s{m['stage']}.json"
+        path = sf.member_file(m["stage"])
         atomic_write_json(path, arch)
         written.append(path.name)
         m["file"] = path.name
-    for old in folder.glob("member_s*.json"):
+    for old in sf.member_files():
         if old.name not in written:
             remove_file(old)
 
@@ -423,7 +423,7 @@ def write_plots(folder: Path, frame) -> list[Path]:
         pareto = read_table(folder / SearchFolder.PARETO, ("flops", "top1", "stage"), "pareto table")
         fam = family_frame(best)
         paths.append(atomic_write_bytes(folder / SearchFolder.PLOT, plot_pareto(pareto, fam, name)))
-    paths.append(atomic_write_bytes(folder / "family.png", plot_family(frame, f"{name}: family")))
+    paths.append(atomic_write_bytes(folder / SearchFolder.FAMILY_PLOT, plot_family(frame, f"{name}: family")))
     return paths
 
 

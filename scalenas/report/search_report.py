@@ -14,6 +14,7 @@ import pandas as pd
 
 from scalenas.spaces.flops import FLOPS_CONVENTION
 from scalenas.io import atomic_write_bytes, atomic_write_csv, atomic_write_json
+from scalenas.runs import SearchFolder
 
 if TYPE_CHECKING:  # reports read the results of a search, never the strategy that fed them
     from scalenas.search.results import SearchResults
@@ -136,17 +137,17 @@ def write_reports(out_dir: str | Path, results: "SearchResults") -> dict[str, Pa
       feasible share, cumulative unique evaluations, evaluations/s and the constrained samplers that gave up.
     - ``pareto.png``: top-1 vs FLOPs, per-stage colours, the family highlighted.
     """
-    out = Path(out_dir)
+    out = SearchFolder(out_dir)
     best = results.best()
     pareto = pareto_frame(results)
     family = family_frame(best)
     paths = {
-        "pareto": atomic_write_csv(out / "pareto.csv", pareto),
-        "family": atomic_write_csv(out / "family.csv", family),
-        "chain": atomic_write_json(out / "chain.json", chain_report(results, best)),
-        "best": atomic_write_json(out / "best.json", best_report(results, best)),
-        "search_log": atomic_write_csv(out / "search_log.csv", pd.DataFrame(results.history, columns=LOG_COLUMNS)),
+        "pareto": atomic_write_csv(out.file(out.PARETO), pareto),
+        "family": atomic_write_csv(out.file(out.FAMILY), family),
+        "chain": atomic_write_json(out.file(out.CHAIN), chain_report(results, best)),
+        "best": atomic_write_json(out.file(out.BEST), best_report(results, best)),
+        "search_log": atomic_write_csv(out.file(out.LOG), pd.DataFrame(results.history, columns=LOG_COLUMNS)),
     }
     png = plot_pareto(pareto, family, f"{results.space.name}: {results.strategy} search")
-    paths["plot"] = atomic_write_bytes(out / "pareto.png", png)
+    paths["plot"] = atomic_write_bytes(out.file(out.PLOT), png)
     return paths

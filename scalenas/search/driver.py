@@ -7,11 +7,11 @@ search layer never depends on the report layer and the reports never see the str
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from scalenas.errors import ScalenasError
+from scalenas.runs import SearchFolder
 from scalenas.search.results import SearchResults
 from scalenas.search.strategy import Strategy
 from scalenas.spaces.arch import Subnet
@@ -31,26 +31,18 @@ def run_search(space: SearchSpace | str, strategy: Strategy,
     """
     from tqdm.auto import tqdm
 
-    from scalenas.io import atomic_write_json
-
     space = load_space(space)
     if space != strategy.space:  # same content (a space rebuilt from a checkpoint has no file)
         raise ScalenasError(f"space {space.name!r} differs from the strategy's {strategy.space.name!r}")
     out = Path(out_dir)
-    state_path = out / "state.json"
+    folder = SearchFolder(out)
     if resume:
-        if not state_path.is_file():
-            raise ScalenasError(f"cannot resume: {state_path} does not exist")
-        try:
-            state = json.loads(state_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ScalenasError(f"cannot resume: {state_path} is unreadable ({exc})") from None
-        strategy.load_state_dict(state)
-    elif state_path.exists():
-        raise ScalenasError(f"{out} already holds a search (state.json): resume it or choose another folder")
+        strategy.load_state_dict(folder.read_state())
+    elif folder.holds_state():
+        raise ScalenasError(f"{out} already holds a search ({folder.STATE}): resume it or choose another folder")
 
     def save() -> None:
-        atomic_write_json(state_path, strategy.state_dict())
+        folder.write_state(strategy.state_dict())
         if on_generation is not None:
             on_generation(strategy.results)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from scalenas.errors import ScalenasError
-from scalenas.io import atomic_write_json, folder_lock, remove_file, remove_stale_temps
+from scalenas.io import folder_lock, remove_file, remove_stale_temps
 from scalenas.options import check_options, option
 from scalenas.runs import SUPERNET_CKPT, RunFolder, SearchFolder, latest_run
 from scalenas.search.driver import run_search
@@ -26,8 +26,6 @@ from scalenas.spaces.flops import FLOPS_CONVENTION
 from scalenas.spaces.targets import check_targets, stage_targets
 from scalenas.train.checkpoint import checkpoint_space, read_checkpoint, resolve_checkpoint
 
-REPORT_FILES = ("state.json", "pareto.csv", "family.csv", "chain.json", "best.json", "search_log.csv", "pareto.png",
-                "search_config.json")
 FITNESS = {  # per --metric: what a member's score is (the fitness is their weighted mean)
     "top1": "supernet holdout top-1 after BN recalibration, coupling side 0",
     "loss": "minus the supernet holdout log-loss (natural log, mean per image) after BN recalibration, coupling "
@@ -66,7 +64,7 @@ def resolve_out(run_dir: Path, out: str | Path | None, force: bool, resume: bool
         path = Path(out)
         if resume:
             return path
-        if (path / "state.json").exists() and not force:
+        if SearchFolder(path).holds_state() and not force:
             raise ScalenasError(f"{path} already holds a search; use --resume, --force or another --out")
         return path
     base = run_dir / "search"
@@ -75,29 +73,22 @@ def resolve_out(run_dir: Path, out: str | Path | None, force: bool, resume: bool
         if not done:
             raise ScalenasError(f"--resume: no search folder in {run_dir}")
         return done[-1]
-    if not (base / "state.json").exists() or force:
+    if not SearchFolder(base).holds_state() or force:
         return base
     k = 2
-    while (run_dir / f"search-{k}" / "state.json").exists():
+    while SearchFolder(run_dir / f"search-{k}").holds_state():
         k += 1
     return run_dir / f"search-{k}"
 
 
-def check_resumable(state_path: Path, probe: Strategy) -> dict[str, Any]:
+def check_resumable(folder: SearchFolder, probe: Strategy) -> dict[str, Any]:
     """Load the saved search state into ``probe`` (a fresh strategy like the one that will resume), which
     checks that it fits (format, strategy, space, targets); returns the saved options. Nothing is written."""
-    import json
     import logging
     import warnings
 
-    if not state_path.is_file():
-        raise ScalenasError(f"cannot resume: {state_path} does not exist")
-    try:
-        state = json.loads(state_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ScalenasError(f"cannot resume: {state_path} is unreadable ({type(exc).__name__})") from None
-    if not isinstance(state, dict):
-        raise ScalenasError(f"cannot resume: {state_path} is not a search state")
+    state = folder.read_state()
+    state_path = folder.state_file
     log = logging.getLogger(type(probe).__module__)
     quiet = log.disabled
     try:
@@ -115,16 +106,6 @@ def check_resumable(state_path: Path, probe: Strategy) -> dict[str, Any]:
     finally:
         log.disabled = quiet
     return probe.options.to_dict()
-
-
-def reports_complete(out_dir: Path) -> bool:
-    """Whether the reports of the search in ``out_dir`` were written after its last saved state (a kill between
-    the state write and the report writes leaves them behind: then a resume writes them again)."""
-    try:
-        state = (out_dir / "state.json").stat().st_mtime_ns
-        return all((out_dir / name).stat().st_mtime_ns >= state for name in ("best.json", "family.csv", "pareto.csv"))
-    except OSError:
-        return False
 
 
 def write_search_inputs(out_dir: Path, run_dir: Path, space) -> None:
@@ -168,8 +149,8 @@ def search_supernet(ckpt: Path, run_dir: Path, target_flops: str, *, strategy: s
     recorded_options = search.options.to_dict()
     if resume:  # the saved state must fit this search (strategy, space, targets) before anything is written
         probe = make_strategy(strategy, space, targets, options)
-        recorded_options = check_resumable(out_dir / "state.json", probe)
-        if probe.done and reports_complete(out_dir):  # a finished search stays as it is
+        recorded_options = check_resumable(SearchFolder(out_dir), probe)
+        if probe.done and SearchFolder(out_dir).reports_complete():  # a finished search stays as it is
             announce(f"the search in {out_dir} is already finished ({probe.generation} generations, "
                      f"{probe.evaluations} evaluations); nothing changed")
             return {**probe.best(), "evaluations": probe.evaluations, "generations": probe.generation,
@@ -188,10 +169,10 @@ def search_supernet(ckpt: Path, run_dir: Path, target_flops: str, *, strategy: s
                           gpus_per_worker=1.0 if device == "cuda" else 0.0) as pool:
         remove_stale_temps(out_dir)
         if force and not resume:
-            for name in REPORT_FILES:
+            for name in SearchFolder.SEARCH_FILES:
                 remove_file(out_dir / name)
         write_search_inputs(out_dir, run_dir, space)
-        atomic_write_json(out_dir / "search_config.json", {
+        SearchFolder(out_dir).write_config({
             "supernet": str(Path(ckpt).resolve()), "run_dir": str(Path(run_dir).resolve()), "space": space.name,
             "space_key": space.content_key, "strategy": strategy, "targets": targets,
             "options": recorded_options, "workers": workers, "threads_per_worker": evaluation.threads_per_worker,

@@ -26,6 +26,7 @@ import yaml
 
 from scalenas.errors import ScalenasError
 from scalenas.resources import SPACES, shipped_dir
+from scalenas.runs import SearchFolder
 
 SPACES_DIR = shipped_dir(SPACES)  # the shipped spaces (package data)
 _EPS = 1e-9  # multipliers like 1.2 are not exact in binary: 5 * 1.2 must ceil to 6, not 7
@@ -432,7 +433,7 @@ def resolve_space_ref(obj: dict[str, Any], base_dir: str | Path | None = None, s
     if not isinstance(name, str) or not name:
         raise ScalenasError(f"{source}: field 'space' missing; give --space or name the space in the JSON")
     candidates: list[str] = []
-    sibling = base / "space.yaml" if base is not None else None
+    sibling = base / SearchFolder.SPACE if base is not None else None
     if _looks_like_path(name):
         if base is not None and not Path(name).is_absolute():
             candidates.append(str(base / name))

@@ -21,7 +21,7 @@ from scalenas.errors import ScalenasError
 from scalenas.io import atomic_write_csv
 from scalenas.models.grow_member import grow_to
 from scalenas.models.registry import load_model, save_model
-from scalenas.runs import STANDALONE_CKPT, SearchFolder
+from scalenas.runs import STANDALONE_CKPT, RunFolder, SearchFolder
 from scalenas.spaces.arch import derive_subnet, parse_subnet
 from scalenas.spaces.space import SearchSpace, load_space, resolve_space_ref
 from scalenas.train.config import TrainConfig, followed_record
@@ -109,7 +109,7 @@ def train_family(search_dir: str | Path, cfg: TrainConfig, *, grow: bool = False
             save_model(grown_file, grown, extra={"source": f"grown from {previous}"})
             arch_arg, init = str(grown_file), None
         result, _ = train_or_reuse(cfg, arch_arg, init, run, progress=progress, space=space, follow=follow)
-        previous = run / "final.pt"
+        previous = run / RunFolder.FINAL
         rows.append({"stage": m["stage"], "kind": m["kind"], "arch": json.dumps(m["arch"]),
                      "holdout_top1": result.get("holdout_top1"), "test_top1": result.get("test_top1"),
                      "run_dir": str(run), "init": result.get("init"), "steps": result.get("steps"),

@@ -51,7 +51,7 @@ from scalenas.train.optim import make_optimizer
 
 TRAIN_CKPT_NAME = STANDALONE_CKPT
 TRAIN_CKPT_FORMAT = "scalenas-train/1"
-RESULT_NAME = "result.json"
+RESULT_NAME = RunFolder.RESULT
 
 
 # ------------------------------------------------------------------------------------------ the model
@@ -357,7 +357,7 @@ def _train_standalone(cfg: TrainConfig, spec: ModelSpec | None, out_dir: Path, d
         cfg = resumed_config(cfg, payload, str(ckpt_path))
         cfg.rescan_data = rescan
         cfg, done = resumed_total(cfg, payload, extend_to, out_dir, str(ckpt_path),
-                                  outputs=("final.pt", RESULT_NAME))
+                                  outputs=(RunFolder.FINAL, RESULT_NAME))
         if done:
             return done
         spec = _rebuild(payload, ckpt_path)
@@ -427,9 +427,9 @@ def _train_standalone(cfg: TrainConfig, spec: ModelSpec | None, out_dir: Path, d
         "holdout_top1": round(holdout, 6), "test_top1": round(test, 6),
         "holdout_size": len(data.holdout), "test_size": len(data.test),
         "train_seconds": round(state.train_seconds, 2), "device": str(device),
-        "final_model": str(out_dir / "final.pt"),
+        "final_model": str(out_dir / RunFolder.FINAL),
     }
-    save_model(out_dir / "final.pt", model_cpu, extra={"flops": flops, "source": spec.init,
+    save_model(out_dir / RunFolder.FINAL, model_cpu, extra={"flops": flops, "source": spec.init,
                                                        "holdout_top1": result["holdout_top1"],
                                                        "test_top1": result["test_top1"]})
     atomic_write_json(out_dir / RESULT_NAME, result)

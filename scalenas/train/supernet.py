@@ -212,7 +212,7 @@ def _train_supernet(cfg: TrainConfig, out_dir: Path, space: SearchSpace | None, 
         cfg = resumed_config(cfg, payload, str(ckpt_path))
         cfg.rescan_data = rescan
         cfg, done = resumed_total(cfg, payload, extend_to, out_dir, str(ckpt_path),
-                                  outputs=("panel.csv", "run_summary.json"))
+                                  outputs=(RunFolder.PANEL, RunFolder.SUMMARY))
         if done:
             return done
     check_amp(cfg, device)  # the recipe a resume goes on with, before anything is written
@@ -241,8 +241,8 @@ def _train_supernet(cfg: TrainConfig, out_dir: Path, space: SearchSpace | None, 
 
     if dinfo.main:
         make_dir(out_dir)
-        atomic_write_text(out_dir / "config.yaml", dump_config(cfg))
-        data.save_info(out_dir / "split.json")
+        atomic_write_text(out_dir / RunFolder.CONFIG, dump_config(cfg))
+        data.save_info(out_dir / RunFolder.SPLIT)
         # what every command that continues this run follows: its data, split and fitted space
         RunFolder(out_dir).write_data_record(data_record(cfg, data))
         RunFolder(out_dir).write_space(space.raw)
@@ -262,10 +262,10 @@ def _train_supernet(cfg: TrainConfig, out_dir: Path, space: SearchSpace | None, 
         return summary
     if dinfo.main:
         panel = evaluate_panel(model, space, data, cfg, device)
-        atomic_write_csv(out_dir / "panel.csv", panel)
+        atomic_write_csv(out_dir / RunFolder.PANEL, panel)
         summary["panel"] = panel
         # Wall time and panel of this invocation (a resumed run records only its own part).
-        atomic_write_json(out_dir / "run_summary.json", {
+        atomic_write_json(out_dir / RunFolder.SUMMARY, {
             "space": space.name, "steps": state.step, "total_steps": total, "resumed": resume,
             "wall_s": round(time.perf_counter() - wall_start, 1), "threads": torch.get_num_threads(),
             "panel_mean_holdout_top1": float(panel["holdout_top1"].mean()),

@@ -22,6 +22,7 @@ from scalenas.cli.common import number
 from scalenas.report.family import extrapolate_search
 from scalenas.runs import find_search_dir
 from scalenas.search.extrapolate import MAX_GROWTH, MAX_STEPS
+from scalenas.latency.targets import format_latency
 from scalenas.spaces.targets import format_flops
 
 
@@ -42,6 +43,8 @@ def add_parser(sub) -> None:
     p.add_argument("--tolerance", type=number("--tolerance", float, min=0.0, max=1.0, min_open=True, max_open=True),
                    default=None, help="relative FLOPs tolerance reported per member, in (0, 1) (default: the "
                    "search's)")
+    p.add_argument("--lazy-latency", action="store_true",
+                   help="a search run with a latency table: time the layers the table lacks now (and append them)")
     p.add_argument("--replace", action="store_true",
                    help="with fewer --steps than the folder holds: drop the larger extrapolated members (default: "
                    "refuse, so member files are never deleted silently)")
@@ -50,7 +53,8 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     folder = find_search_dir(args.run)
-    print_extrapolation(folder, extrapolate_search(folder, args.steps, args.growth, args.tolerance, replace=args.replace))
+    print_extrapolation(folder, extrapolate_search(folder, args.steps, args.growth, args.tolerance, replace=args.replace,
+                                                     lazy_latency=args.lazy_latency))
     return 0
 
 
@@ -63,7 +67,8 @@ def print_extrapolation(folder, doc: dict) -> None:
     print(f"  {'stage':>5} {'target':>9} {'FLOPs':>9} {'ratio':>6} {'params':>9} {'res':>4} {'depth':>7} {'width':>7}"
           f" {'t':>7}  within  file")
     for m in doc["members"]:
-        print(f"  {m['stage']:>5} {format_flops(m['target_flops']):>9} {format_flops(m['flops']):>9} "
+        target = format_flops(m["target_flops"]) if m.get("target_flops") else format_latency(m["target_latency_ms"])
+        print(f"  {m['stage']:>5} {target:>9} {format_flops(m['flops']):>9} "
               f"{m['flops_ratio']:>6.3f} {format_flops(m['params']):>9} {m['resolution']:>4} {m['depth_mult']:>7.4f} "
               f"{m['width_mult']:>7.4f} {m['step_length']:>7.4f}  {'yes' if m['within_tolerance'] else 'NO':<6}  "
               f"{m['file']}")

@@ -20,11 +20,14 @@ def add_parser(sub) -> None:
                    help="search folder or a training run holding one (default: the most recent search)")
     p.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
     p.add_argument("--no-plots", action="store_true", help="do not regenerate the plots")
+    p.add_argument("--measure-latency", action="store_true",
+                   help="time every member's model on this device (the settings of the search's latency table, else "
+                   "PyTorch, CPU, batch 1, one thread) and add a measured_ms column beside the predicted latency_ms")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    text, paths, folder = report(args.run, args.format, plots=not args.no_plots)
+    text, paths, folder = report(args.run, args.format, plots=not args.no_plots, measure_latency=args.measure_latency)
     print(text)
     note = (f"family of {folder} (FLOPs = fvcore MACs, batch 1; supernet top-1 = holdout after BN "
             "recalibration; standalone top-1 = holdout, mean over runs)")

@@ -27,9 +27,17 @@ def add_parser(sub) -> None:
         "recalibration, evaluated by Ray workers that keep the supernet loaded; fitness differences below the "
         "measured noise (--tie-tolerance) are ties, won by the family nearest its FLOPs targets (--tie-break). "
         "FLOPs are fvcore MACs at batch 1.")
-    p.add_argument("--target-flops", required=True,
+    p.add_argument("--target-flops", default=None,
                    help="top of the family (e.g. 2G: stage s gets 2G*growth^(s-S)) or a comma list T0,...,TS; "
                         "units K, M, G, T")
+    p.add_argument("--target-latency", default=None,
+                   help="latency of the top of the family on this device (e.g. 8ms: stage s gets 8ms*growth^(s-S)) "
+                        "or a comma list; units s, ms, us; needs --latency-table; with --target-flops both must hold")
+    p.add_argument("--latency-table", default=None, help="latency table of the space (scalenas latency build)")
+    p.add_argument("--lazy-latency", action="store_true",
+                   help="time layers the latency table lacks when they are needed (and append them to it)")
+    p.add_argument("--allow-other-device", action="store_true",
+                   help="use a latency table built on another device or runtime version (with a warning)")
     p.add_argument("--run", default=None, help="train-supernet run directory (default: the most recent run)")
     p.add_argument("--supernet", default=None, help="supernet checkpoint file (instead of --run)")
     p.add_argument("--out", default=None, help="report directory (default: RUN/search, or a new numbered one)")
@@ -71,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
     result = search_supernet(ckpt, run_dir, args.target_flops, strategy=args.strategy, options=options,
                              evaluation=evaluation, stages=args.stages, growth=args.growth, out=args.out,
                              resume=args.resume, force=args.force, progress=not args.no_progress,
-                             on_generation=write_reports)
+                             on_generation=write_reports, target_latency=args.target_latency,
+                             latency_table=args.latency_table, latency_lazy=args.lazy_latency,
+                             allow_other_device=args.allow_other_device)
     out = Path(result["out_dir"])
     print_family(out)
     fitness = result.get("fitness")  # None when no complete family was evaluated (or every evaluation failed)
@@ -89,8 +99,10 @@ def print_family(out: Path) -> None:
     import pandas as pd
 
     fam = pd.read_csv(out / SearchFolder.FAMILY)
-    cols = [c for c in ("stage", "target_flops", "flops", "params", "resolution", "depth_mult", "width_mult",
-                        "top1", "loss", "feasible") if c in fam.columns and (c != "loss" or fam[c].notna().any())]
+    cols = [c for c in ("stage", "target_flops", "flops", "params", "target_latency_ms", "latency_ms", "resolution",
+                        "depth_mult", "width_mult",
+                        "top1", "loss", "feasible") if c in fam.columns
+            and (c not in ("loss", "target_flops") or fam[c].notna().any())]
     print(fam[cols].to_string(index=False))
 
 

@@ -404,8 +404,8 @@ class LatencyTable:
             first = todo[0].key
             more = f" and {len(todo) - 1} more" if len(todo) > 1 else ""
             raise ScalenasError(f"{self.path}: no row for layer '{first}'{more} (the table does not cover it: "
-                                "build it with a higher --max-stage, resume an interrupted build, or use --lazy to "
-                                "measure missing layers on demand)")
+                                "build it with a higher --max-stage, resume an interrupted build, or time missing "
+                                "layers on demand: --lazy; in search and extrapolate --lazy-latency)")
         with _locked(self.path, self.rows) as fd:
             for p in range(self.options.passes):  # as many interleaved passes as the build made
                 for c in (progress(todo) if progress else todo):

@@ -20,7 +20,8 @@ import pandas as pd
 
 from scalenas.errors import ScalenasError
 from scalenas.io import atomic_write_bytes, atomic_write_csv, atomic_write_json, remove_file
-from scalenas.report.search_report import FAMILY_COLUMNS, family_frame, finish_plot, plot_pareto
+from scalenas.report.search_report import FAMILY_COLUMNS, LATENCY_COLUMNS, family_frame, finish_plot, plot_pareto, \
+    with_latency
 from scalenas.runs import RUNS_DIR, SearchFolder, find_search_dir
 from scalenas.search.extrapolate import MAX_GROWTH, MAX_STEPS, extrapolate
 from scalenas.spaces.arch import parse_subnet
@@ -135,18 +136,32 @@ def search_space(folder: Path, best: dict[str, Any]):
 
 
 def default_growth(best: dict[str, Any], space) -> float:
-    targets = best.get("targets") or []
+    targets = best.get("targets") or best.get("latency_targets") or []
     if len(targets) >= 2 and targets[-2] > 0:
         return round(float(targets[-1]) / float(targets[-2]), 4)
     return float(space.growth)
 
 
 # ------------------------------------------------------------------------------------------ the command
+def search_latency_table(folder: Path, space, lazy: bool = False):
+    """The latency table a search was run with (search_config.json's ``latency``), opened; None without one."""
+    from scalenas.latency.table import LatencyTable
+
+    cfg = (SearchFolder(folder).config() or {}).get("latency")
+    if not cfg:
+        return None
+    return LatencyTable.open(cfg["table"], space, lazy=lazy or bool(cfg.get("lazy")),
+                             allow_other_device=bool(cfg.get("allow_other_device")))
+
+
 def extrapolate_search(folder: Path, steps: int, growth: float | None = None,
-                       tolerance: float | None = None, replace: bool = False) -> dict[str, Any]:
+                       tolerance: float | None = None, replace: bool = False,
+                       lazy_latency: bool = False) -> dict[str, Any]:
     """Extrapolate the family of the search in ``folder`` and write the files; returns extrapolation.json.
 
     Fewer ``steps`` than the folder already holds is refused (larger member files would go) unless ``replace``.
+    A search run with a latency table continues by predicted latency (``lazy_latency``: layers the table lacks
+    are timed now).
     """
 
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
@@ -164,7 +179,9 @@ def extrapolate_search(folder: Path, steps: int, growth: float | None = None,
         raise ScalenasError(f"growth must be > 1; the search's targets give {growth} (pass --growth)")
     tol = float(best.get("tolerance") or 0.1) if tolerance is None else float(tolerance)
     base = best["base"]
-    members = extrapolate(space, base, chain, steps, growth=growth, tolerance=tol)
+    table = search_latency_table(folder, space, lazy_latency)
+    members = extrapolate(space, base, chain, steps, growth=growth, tolerance=tol,
+                          latency=None if table is None else table.predict)
 
     sf = SearchFolder(folder)
     larger = sorted(s for s in map(sf.member_stage, sf.member_files()) if s is not None)
@@ -190,7 +207,7 @@ def extrapolate_search(folder: Path, steps: int, growth: float | None = None,
         arch.update(space_reference(space, folder, file=sf.space_file if sf.space_file.is_file() else None,
                                     embed=True))
         arch.update({"stage": m["stage"], "kind": "extrapolated", "flops": m["flops"], "params": m["params"],
-                     "target_flops": m["target_flops"]})
+                     "target_flops": m["target_flops"], **{k: m[k] for k in LATENCY_COLUMNS if k in m}})
         path = sf.member_file(m["stage"])
         atomic_write_json(path, arch)
         written.append(path.name)
@@ -199,9 +216,10 @@ def extrapolate_search(folder: Path, steps: int, growth: float | None = None,
         if old.name not in written:
             remove_file(old)
 
-    new_rows = pd.DataFrame([{k: m.get(k) for k in FAMILY_COLUMNS} for m in members], columns=FAMILY_COLUMNS)
+    columns = with_latency(FAMILY_COLUMNS, table is not None)
+    new_rows = pd.DataFrame([{k: m.get(k) for k in columns} for m in members], columns=columns)
     new_rows["top1"] = float("nan")
-    cols = list(dict.fromkeys(list(FAMILY_COLUMNS) + list(fam.columns)))
+    cols = list(dict.fromkeys(columns + list(fam.columns)))
     frames = [f.reindex(columns=cols) for f in (fam, new_rows) if not f.empty]
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
     atomic_write_csv(fam_path, out)
@@ -219,7 +237,8 @@ def extrapolate_search(folder: Path, steps: int, growth: float | None = None,
         "start": {"stage": len(chain), "flops": last_flops},
         "members": [{k: m[k] for k in ("stage", "step", "target_flops", "flops", "params", "resolution",
                                        "depth_mult", "width_mult", "flops_ratio", "step_length",
-                                       "within_tolerance", "arch", "file")} for m in members],
+                                       "within_tolerance", "arch", "file")}
+                    | {k: m[k] for k in LATENCY_COLUMNS if k in m} for m in members],
         "step_lengths": [m["step_length"] for m in members],
         "flops_ratios": [m["flops_ratio"] for m in members],
         "flops_convention": FLOPS_CONVENTION,
@@ -331,12 +350,46 @@ def family_table(folder: Path):
                          "depth_mult": float(r["depth_mult"]), "width_mult": float(r["width_mult"]),
                          "supernet_top1": None if top1 is None or pd.isna(top1) else float(top1),
                          "standalone_top1": sa.get("holdout_top1"), "standalone_test_top1": sa.get("test_top1"),
-                         "standalone_runs": sa.get("runs", 0), "arch": key or r.get("arch")})
+                         "standalone_runs": sa.get("runs", 0), "arch": key or r.get("arch"),
+                         **({"latency_ms": _number(r.get("latency_ms"))} if "latency_ms" in fam.columns else {})})
         except (KeyError, TypeError, ValueError, OverflowError):
             raise ScalenasError(f"{fam_path}: malformed family table: row {i + 1} needs numbers in "
                                 f"{', '.join(FAMILY_NEEDS)}") from None
-    frame = pd.DataFrame(rows, columns=COLUMNS)
+    columns = with_latency_column(COLUMNS, "latency_ms" in fam.columns)
+    frame = pd.DataFrame(rows, columns=columns)
     return frame.sort_values(["stage"], kind="stable").reset_index(drop=True)
+
+
+def _number(v: Any) -> float | None:
+    return None if v is None or pd.isna(v) else float(v)
+
+
+def with_latency_column(columns: list[str], latency: bool, name: str = "latency_ms") -> list[str]:
+    """``columns`` with ``name`` after ``params`` (predicted ``latency_ms``, or ``measured_ms`` after it)."""
+    if not latency:
+        return list(columns)
+    i = columns.index("latency_ms" if "latency_ms" in columns and name != "latency_ms" else "params") + 1
+    return [*columns[:i], name, *columns[i:]]
+
+
+def measure_family(folder: Path, frame):
+    """``frame`` (:func:`family_table`) with ``measured_ms``: each member's exported model timed on this device,
+    with the settings (runtime, device, batch, threads, repeats) of the search's latency table, or the defaults of
+    :class:`scalenas.latency.table.LatencyOptions` (PyTorch, CPU, batch 1, one thread) for a search without one."""
+    from scalenas.latency.table import LatencyOptions, options_from, time_network
+
+    found = read_search(folder, require_done=False)
+    space = search_space(folder, found["best"])
+    table = search_latency_table(folder, space)
+    options = LatencyOptions() if table is None else options_from(table.meta)
+    measured = []
+    for arch in frame["arch"]:
+        sub = parse_subnet(json.loads(arch), space, allow_outside=True, source=f"{folder}: family")
+        measured.append(time_network(space, sub, options).ms)
+    out = frame.copy()
+    out.insert(with_latency_column(list(frame.columns), True, "measured_ms").index("measured_ms"), "measured_ms",
+               measured)
+    return out
 
 
 def _display(frame):
@@ -346,6 +399,9 @@ def _display(frame):
     show["params"] = [format_flops(v) for v in frame["params"]]
     show["depth_mult"] = [f"{v:.4g}" for v in frame["depth_mult"]]
     show["width_mult"] = [f"{v:.4g}" for v in frame["width_mult"]]
+    for col in ("latency_ms", "measured_ms"):
+        if col in frame.columns:
+            show[col] = ["-" if v is None or pd.isna(v) else f"{v:.3f}" for v in frame[col]]
     for col in ("supernet_top1", "standalone_top1", "standalone_test_top1"):
         show[col] = ["-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
                      for v in frame[col]]
@@ -427,12 +483,16 @@ def write_plots(folder: Path, frame) -> list[Path]:
     return paths
 
 
-def report(run_dir: str | None, fmt: str = "table", plots: bool = True) -> tuple[str, list[Path], Path]:
-    """(rendered table, plot paths, search folder)."""
+def report(run_dir: str | None, fmt: str = "table", plots: bool = True,
+           measure_latency: bool = False) -> tuple[str, list[Path], Path]:
+    """(rendered table, plot paths, search folder); ``measure_latency``: a ``measured_ms`` column
+    (:func:`measure_family`)."""
     if fmt not in FORMATS:
         raise ScalenasError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
     folder = find_search_dir(run_dir)
     frame = family_table(folder)
+    if measure_latency:
+        frame = measure_family(folder, frame)
     paths = write_plots(folder, frame) if plots else []
     return render(frame, fmt), paths, folder
 

@@ -24,6 +24,7 @@ PARETO_COLUMNS = ["generation", "candidate", "stage", "target_flops", "flops", "
                   "width_mult", *MEMBER_METRICS, "feasible", "is_pareto", "arch"]
 FAMILY_COLUMNS = ["stage", "kind", "target_flops", "flops", "params", "resolution", "depth_mult", "width_mult",
                   *MEMBER_METRICS, "feasible", "arch"]
+LATENCY_COLUMNS = ["target_latency_ms", "latency_ms"]  # after "params", in searches with a latency table (predicted)
 LOG_COLUMNS = ["generation", "best_fitness", "fitness_noise", "mean_fitness", "mean_fitness_noise", "tie_width",
                "feasible_share", "evaluations", "evaluations_per_s", "gave_up"]
 
@@ -55,15 +56,26 @@ def pareto_mask(frame: pd.DataFrame, metric: str = "top1") -> np.ndarray:
     return mask
 
 
+def with_latency(columns: list[str], latency: bool) -> list[str]:
+    """``columns`` with :data:`LATENCY_COLUMNS` after ``params`` when the search had latency targets."""
+    if not latency:
+        return list(columns)
+    i = columns.index("params") + 1
+    return [*columns[:i], *LATENCY_COLUMNS, *columns[i:]]
+
+
 def pareto_frame(results: "SearchResults") -> pd.DataFrame:
-    frame = pd.DataFrame(results.pareto_rows(), columns=[c for c in PARETO_COLUMNS if c != "is_pareto"])
-    frame.insert(PARETO_COLUMNS.index("is_pareto"), "is_pareto", pareto_mask(frame, results.metric))
+    columns = with_latency(PARETO_COLUMNS, results.objective.latency is not None)
+    frame = pd.DataFrame(results.pareto_rows(), columns=[c for c in columns if c != "is_pareto"])
+    frame.insert(columns.index("is_pareto"), "is_pareto", pareto_mask(frame, results.metric))
     return frame
 
 
 def family_frame(best: dict[str, Any]) -> pd.DataFrame:
-    rows = [{**{k: r[k] for k in FAMILY_COLUMNS if k in r}, "kind": "searched"} for r in best.get("family", [])]
-    return pd.DataFrame(rows, columns=FAMILY_COLUMNS)
+    family = best.get("family", [])
+    columns = with_latency(FAMILY_COLUMNS, any("latency_ms" in r for r in family))
+    rows = [{**{k: r[k] for k in columns if k in r}, "kind": "searched"} for r in family]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def chain_report(results: "SearchResults", best: dict[str, Any]) -> dict[str, Any]:
@@ -82,8 +94,11 @@ def best_report(results: "SearchResults", best: dict[str, Any]) -> dict[str, Any
             "metric": best.get("metric", results.metric), "fitness": best.get("fitness"),
             "fitness_noise": best.get("fitness_noise"), "feasible": best.get("feasible"),
             "targets": results.targets, "tolerance": results.tolerance,
+            **({} if results.objective.latency is None else
+               {"latency_targets": [float(t) for t in results.objective.latency.targets]}),
             "flops_convention": FLOPS_CONVENTION,
             "family": [{"stage": r["stage"], "arch": r["arch"], "flops": r["flops"],
+                        **{k: r[k] for k in LATENCY_COLUMNS if k in r},
                         **{k: r.get(k) for k in MEMBER_METRICS}} for r in best.get("family", [])],
             **({"bases": best["bases"]} if "bases" in best else {})}
 

@@ -17,6 +17,7 @@ from scalenas.options import check_options, option
 from scalenas.runs import SUPERNET_CKPT, RunFolder, SearchFolder, latest_run
 from scalenas.search.driver import run_search
 from scalenas.search.fitness import SupernetEvaluator
+from scalenas.search.objectives import LatencyTargets
 from scalenas.search.raylocal import default_workers
 from scalenas.search.raypool import EvaluatorPool
 from scalenas.search.results import SearchResults
@@ -121,13 +122,35 @@ def write_search_inputs(out_dir: Path, run_dir: Path, space) -> None:
         folder.write_data_record(record)
 
 
-def search_supernet(ckpt: Path, run_dir: Path, target_flops: str, *, strategy: str = "markov",
+def latency_targets(space, target_latency: str, table_path: str | Path, stages: int | None, growth: float | None,
+                    tolerance: float, lazy: bool = False, allow_other_device: bool = False) -> LatencyTargets:
+    """The latency targets of stages 0..S (``8ms``: the top stage, halving per stage at growth 2; or a comma list)
+    predicted from the table at ``table_path``, checked: the table fits the space and this device (else one
+    line), covers every layer of stages 0..S unless ``lazy``, and every stage can reach its target."""
+    from scalenas.latency.layers import space_layer_configs
+    from scalenas.latency.table import LatencyTable
+    from scalenas.latency.targets import check_latency_targets, latency_stage_targets
+
+    n = space.num_scaling_stages if stages is None else stages
+    targets = latency_stage_targets(target_latency, n, space.growth if growth is None else growth)
+    table = LatencyTable.open(table_path, space, lazy=lazy, allow_other_device=allow_other_device)
+    table.measure_missing(space_layer_configs(space))  # lazy: times them now; else names the first one missing
+    check_latency_targets(space, targets, tolerance, table.predict)
+    return LatencyTargets(targets, table.predict)
+
+
+def search_supernet(ckpt: Path, run_dir: Path, target_flops: str | None, *, strategy: str = "markov",
                     options: SearchOptions | None = None, evaluation: EvaluationSettings | None = None,
                     stages: int | None = None, growth: float | None = None, out: str | Path | None = None,
                     resume: bool = False, force: bool = False, progress: bool = True,
                     on_generation: Callable[[Path, SearchResults], Any] | None = None,
-                    announce: Callable[[str], None] = print) -> dict[str, Any]:
+                    announce: Callable[[str], None] = print, target_latency: str | None = None,
+                    latency_table: str | Path | None = None, latency_lazy: bool = False,
+                    allow_other_device: bool = False) -> dict[str, Any]:
     """Search a family on the supernet ``ckpt``; returns the driver's result plus ``out_dir``, ``seconds``.
+
+    ``target_latency`` (with ``latency_table``, a table of :mod:`scalenas.latency`) constrains the members' predicted
+    latency as ``target_flops`` does their FLOPs; either may be None, not both.
 
     ``on_generation(out_dir, results)`` runs after every generation with the search's
     :class:`~scalenas.search.results.SearchResults` (``scalenas search`` writes its reports).
@@ -142,13 +165,23 @@ def search_supernet(ckpt: Path, run_dir: Path, target_flops: str, *, strategy: s
     payload = read_checkpoint(ckpt)
     space = checkpoint_space(payload, str(ckpt))
     del payload
-    targets = stage_targets(space, target_flops, stages, growth)
-    check_targets(space, targets, options.tolerance)
-    search = make_strategy(strategy, space, targets, options)
+    if target_flops is None and target_latency is None:
+        raise ScalenasError("give --target-flops, --target-latency or both")
+    if (target_latency is None) != (latency_table is None):
+        raise ScalenasError("--target-latency needs --latency-table (a table of scalenas latency build) and the "
+                            "other way round")
+    targets = None
+    if target_flops is not None:
+        targets = stage_targets(space, target_flops, stages, growth)
+        check_targets(space, targets, options.tolerance)
+    latency = None if target_latency is None else \
+        latency_targets(space, target_latency, latency_table, stages, growth, options.tolerance, latency_lazy,
+                        allow_other_device)
+    search = make_strategy(strategy, space, targets, options, latency)
     out_dir = resolve_out(run_dir, out, force, resume)
     recorded_options = search.options.to_dict()
     if resume:  # the saved state must fit this search (strategy, space, targets) before anything is written
-        probe = make_strategy(strategy, space, targets, options)
+        probe = make_strategy(strategy, space, targets, options, latency)
         recorded_options = check_resumable(SearchFolder(out_dir), probe)
         if probe.done and SearchFolder(out_dir).reports_complete():  # a finished search stays as it is
             announce(f"the search in {out_dir} is already finished ({probe.generation} generations, "
@@ -179,11 +212,18 @@ def search_supernet(ckpt: Path, run_dir: Path, target_flops: str, *, strategy: s
             "ray_address": evaluation.ray_address, "device": device, "calib_batches": evaluation.calib_batches,
             "metric": recorded_options["metric"],
             "fitness": FITNESS[recorded_options["metric"]], "noise": NOISE,
-            "tie_tolerance": recorded_options["tie_tolerance"], "flops_convention": FLOPS_CONVENTION})
+            "tie_tolerance": recorded_options["tie_tolerance"], "flops_convention": FLOPS_CONVENTION,
+            **({} if latency is None else {"latency": {
+                "table": str(Path(latency_table).resolve()), "targets_ms": list(latency.targets),
+                "lazy": latency_lazy, "allow_other_device": allow_other_device}})})
         from scalenas.spaces.targets import format_flops
 
+        from scalenas.latency.targets import format_latency
+
+        shown = [" / ".join(([format_flops(targets[s])] if targets else [])
+                            + ([format_latency(latency.targets[s])] if latency else [])) for s in range(search.n + 1)]
         announce(f"search {strategy} on {space.name}: targets "
-                 + ", ".join(f"s{s} {format_flops(t)}" for s, t in enumerate(targets))
+                 + ", ".join(f"s{s} {x}" for s, x in enumerate(shown))
                  + f" (±{options.tolerance:.0%}); metric {recorded_options['metric']}; supernet {ckpt}; "
                  f"{workers} worker(s); reports in {out_dir}")
 

@@ -4,6 +4,11 @@ A field made with :func:`option` carries its help text, its choices and its nume
 metadata. :func:`check_options` validates a whole dataclass instance (type, finiteness, choices, range) with
 a message naming the key; :func:`coerce_option` turns a YAML or command-line value into the field's type. The
 command line builds its flags from the same fields (``scalenas.cli.common``), so nothing is restated there.
+
+A config may nest a *group* of options (another such dataclass, declared with :func:`group`, as pycls keeps
+option subtrees): :func:`check_options` validates it with the rest, and :func:`flat_fields`, :func:`flat_dict`,
+:func:`from_flat` and :func:`flat_keys` keep its keys flat in job files, flags and records, so nesting changes
+no file and no flag.
 """
 from __future__ import annotations
 
@@ -25,6 +30,60 @@ def option(default: Any = _MISSING, help: str = "", *, choices: tuple | None = N
     if default_factory is not _MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def group(cls: type) -> Any:
+    """A dataclass field holding a group of options: an instance of the dataclass ``cls`` (its own defaults)."""
+    return dataclasses.field(default_factory=cls, metadata={"group": cls})
+
+
+def flat_fields(cls: Any) -> list[dataclasses.Field]:
+    """The fields of a config dataclass (or instance) with each group's fields in its place: the flat keys."""
+    out: list[dataclasses.Field] = []
+    for f in dataclasses.fields(cls):
+        out += flat_fields(f.metadata["group"]) if "group" in f.metadata else [f]
+    return out
+
+
+def flat_dict(obj: Any) -> dict[str, Any]:
+    """``dataclasses.asdict(obj)`` with each group's keys in its place (the order of :func:`flat_fields`)."""
+    out: dict[str, Any] = {}
+    for k, v in dataclasses.asdict(obj).items():
+        if "group" in obj.__dataclass_fields__[k].metadata:
+            out.update(v)
+        else:
+            out[k] = v
+    return out
+
+
+def from_flat(cls: type, values: dict[str, Any]) -> Any:
+    """An instance of the config dataclass ``cls`` from flat keys (any subset); an unknown key raises
+    :class:`TypeError` as the constructor does."""
+    values = dict(values)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if "group" in f.metadata:
+            sub = f.metadata["group"]
+            names = {g.name for g in flat_fields(sub)}
+            kwargs[f.name] = from_flat(sub, {k: values.pop(k) for k in list(values) if k in names})
+    return cls(**kwargs, **values)
+
+
+def flat_keys(cls: type) -> type:
+    """Class decorator (above ``@dataclass``): each key of a group reads and writes as an attribute of the config
+    itself (``cfg.holdout_frac`` is ``cfg.data_options.holdout_frac``), as job files and flags name it."""
+    for f in dataclasses.fields(cls):
+        if "group" not in f.metadata:
+            continue
+        for g in flat_fields(f.metadata["group"]):
+            def get(self: Any, _group: str = f.name, _key: str = g.name) -> Any:
+                return getattr(getattr(self, _group), _key)
+
+            def put(self: Any, value: Any, _group: str = f.name, _key: str = g.name) -> None:
+                setattr(getattr(self, _group), _key, value)
+
+            setattr(cls, g.name, property(get, put, doc=g.metadata.get("help")))
+    return cls
 
 
 def type_name(f: dataclasses.Field) -> str:
@@ -105,9 +164,12 @@ def check_value(f: dataclasses.Field, value: Any, where: str, label: str | None 
 
 
 def check_options(obj: Any, where: str) -> Any:
-    """Validate every field of the dataclass instance ``obj`` that was declared with :func:`option`."""
+    """Validate every field of the dataclass instance ``obj`` that was declared with :func:`option`, those of its
+    groups too (messages name the flat key)."""
     for f in dataclasses.fields(obj):
-        if "help" in f.metadata:
+        if "group" in f.metadata:
+            check_options(getattr(obj, f.name), where)
+        elif "help" in f.metadata:
             check_value(f, getattr(obj, f.name), where)
     return obj
 

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 from typing import Any, Callable, Iterable
 
 from scalenas.errors import ScalenasError
-from scalenas.options import check_value, describe, range_text, type_name
+from scalenas.options import check_value, describe, flat_fields, range_text, type_name
 
 _TYPES = {"int": int, "float": float, "str": str}
 
@@ -22,7 +21,7 @@ def add_option_flags(parser: argparse.ArgumentParser, cls: type, names: Iterable
     in force unless the flag is given; the help text shows the effective default: ``defaults`` (e.g. the default
     job's config, named ``defaults_name``) where it differs, else the dataclass default. Booleans get ``--x/--no-x``.
     """
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in flat_fields(cls)}
     added = []
     for name in names:
         f = fields[name]
@@ -52,7 +51,7 @@ def given(args: argparse.Namespace, names: Iterable[str], cls: type | None = Non
     validated against its field (type, finiteness, choices, range) with the flag named in the message."""
     out = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     if cls is not None:
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+        fields = {f.name: f for f in flat_fields(cls)}
         for k, v in out.items():
             check_value(fields[k], v, "command line", (flag_names or {}).get(k) or "--" + k.replace("_", "-"))
     return out

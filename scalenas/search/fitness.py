@@ -10,6 +10,7 @@ search optimises is the search's ``metric`` option (:class:`scalenas.search.stra
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -20,10 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from scalenas.data.datasets import Split, load_data
+from scalenas.data.datasets import load_data
+from scalenas.data.splits import Split
 from scalenas.spaces.arch import Subnet, parse_subnet
 from scalenas.train.checkpoint import checkpoint_space, load_supernet, read_checkpoint
-from scalenas.train.config import data_options
+from scalenas.train.config import recorded_data_options
 from scalenas.train.evaluate import calibration_batches, subnet_metrics
 from scalenas.models.supernet import resolve_conv_impl
 from scalenas.train.loop import configure_cudnn
@@ -146,9 +148,8 @@ class SupernetEvaluator:
         cfg = payload.get("config", {})
         # The run's own data settings and file list (RUN/data_files.json); a streamed holdout is decoded in
         # this worker (workers=0: a Ray worker is one CPU), nothing travels through the object store.
-        self._data_args = dict(name=cfg.get("data", "digits"), **data_options(cfg),
-                               in_channels=self.space.in_channels, cache_dir=str(Path(checkpoint).parent))
-        self._data_args["workers"] = 0
+        self._data_options = dataclasses.replace(recorded_data_options(cfg), workers=0)
+        self._data_args = dict(in_channels=self.space.in_channels, cache_dir=str(Path(checkpoint).parent))
         data = self._load_data()
         self.split_name = split
         self.split = getattr(data, split)
@@ -159,8 +160,7 @@ class SupernetEvaluator:
         self.resamples = resamples
 
     def _load_data(self):
-        args = dict(self._data_args)
-        return load_data(args.pop("name"), **args)
+        return load_data(self._data_options, **self._data_args)
 
     def set_threads(self, n: int) -> None:
         torch.set_num_threads(n)

@@ -7,17 +7,27 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from scalenas.data.augment import AUGMENT_LEVELS
-from scalenas.data.datasets import SOURCES, DataSplits, load_data
+from scalenas.data.datasets import DataSplits, load_data
+from scalenas.data.options import DataOptions
 from scalenas.errors import ScalenasError
 from scalenas.models.supernet import CONV_IMPLS
-from scalenas.options import check_options, check_value, coerce_option, option
+from scalenas.options import (
+    check_options,
+    check_value,
+    coerce_option,
+    flat_dict,
+    flat_fields,
+    flat_keys,
+    from_flat,
+    group,
+    option,
+)
 from scalenas.resources import JOBS, shipped_dir
 from scalenas.runs import DATA_RECORD_FORMAT, RunFolder, SearchFolder
 from scalenas.train.optim import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, OPTIMIZERS, SCHEDULES
@@ -26,31 +36,19 @@ JOBS_DIR = shipped_dir(JOBS)  # the shipped job files (package data)
 DEFAULT_JOB = "animals"  # what train-supernet, train and demo run without --job (jobs/animals.yaml)
 
 
+@flat_keys
 @dataclass
 class TrainConfig:
-    """One training recipe: supernet (``train-supernet``) and standalone (``train``) training share it."""
+    """One training recipe: supernet (``train-supernet``) and standalone (``train``) training share it.
+
+    The data keys form a group, :class:`~scalenas.data.options.DataOptions` (:attr:`data_options`, handed whole to
+    :func:`~scalenas.data.datasets.load_data`); job files, flags and ``config.yaml`` keep them flat, and
+    ``cfg.holdout_frac`` reads ``cfg.data_options.holdout_frac``."""
 
     # what to train on
     space: str = option("digits-tiny", "search space name or YAML path (supernet training)")
-    data: str = option("digits", "'digits', 'animals', an ImageFolder dir (or train/ + val/), a CIFAR python dir, "
-                       "a dir with x.npy + y.npy, or an .npz file")
-    data_seed: int | None = option(None, "seed of the train/holdout/test split (None: the seed)")
-    holdout_frac: float = option(0.15, "share of the data held out for the search's fitness", min=0.0, max=1.0,
-                                 max_open=True)
-    test_frac: float = option(0.15, "share kept for final reports only", min=0.0, max=1.0, max_open=True)
-    store_size: int | None = option(None, "store images once at this size, resized per batch (None: native; "
-                                    "ImageFolder: 32)", min=1)
-    augment: str = option("auto", "augmentation on the device: none, shift, standard (random-resized crop + flip), "
-                          "strong (+ colour jitter); auto: the dataset's default (docs/method.md)",
-                          choices=AUGMENT_LEVELS)
-    flip: bool | None = option(None, "random horizontal flips (None: the dataset's default; off for digits)")
-    source: str = option("auto", "memory (one tensor) or stream (decoded from disk by loader workers); auto: "
-                         "stream when the data would take more than memory_limit_mb", choices=SOURCES)
-    memory_limit_mb: int = option(2048, "auto source: largest in-memory float32 copy of the data (MB)", min=1)
-    workers: int | None = option(None, "data-loader worker processes of a streamed source (None: min(4, cores))",
-                                 min=0)
-    max_bad_frac: float = option(0.01, "share of unreadable images that stops the run", min=0.0, max=1.0)
-    rescan_data: bool = option(False, "re-scan an ImageFolder instead of using the run's cached file list")
+    # the data, its split, storage, reading and augmentation: keys data .. rescan_data (flat in files and flags)
+    data_options: DataOptions = group(DataOptions)
     # how long
     epochs: int | None = option(None, "passes over the train split (overrides steps)", min=1)
     steps: int | None = option(800, "optimiser steps", min=1)
@@ -99,8 +97,17 @@ class TrainConfig:
                                    max=1.0, max_open=True)
     notes: str = option("", "free text kept with the run", flag=False)
 
+    def __post_init__(self) -> None:
+        self.data_options = dataclasses.replace(self.data_options)  # each config owns its group (replace() copies)
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The flat keys, in the order of a job file (``config.yaml``, a checkpoint's ``config``)."""
+        return flat_dict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """A config from flat keys (any subset; the rest default); an unknown key raises :class:`TypeError`."""
+        return from_flat(cls, values)
 
 
 def validate(cfg: TrainConfig, where: str = "config") -> TrainConfig:
@@ -133,7 +140,7 @@ def resolve_job_path(job: str) -> Path:
 def load_job(job: str | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Defaults < job YAML < overrides (flags that were given)."""
     cfg = TrainConfig()
-    known = {f.name: f for f in fields(TrainConfig)}
+    known = {f.name: f for f in flat_fields(TrainConfig)}
     where = "config"
     if job:
         path = resolve_job_path(job)
@@ -168,19 +175,16 @@ def dump_config(cfg: TrainConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
-def data_options(cfg: TrainConfig | dict[str, Any]) -> dict[str, Any]:
-    """The keyword arguments of :func:`scalenas.data.datasets.load_data` that a recipe (a config or the
-    config record of a checkpoint) sets, besides the data itself and its channels."""
-    d = cfg.to_dict() if isinstance(cfg, TrainConfig) else dict(cfg)
-    base = TrainConfig().to_dict()
-    get = lambda k: d.get(k, base[k])  # noqa: E731 - older records lack the newer keys
-    augment = get("augment")
-    if isinstance(augment, bool):
-        augment = "auto" if augment else "none"
-    return {"seed": d.get("data_seed") if d.get("data_seed") is not None else d.get("seed", 0),
-            "holdout_frac": get("holdout_frac"), "test_frac": get("test_frac"), "store_size": get("store_size"),
-            "source": get("source"), "memory_limit_mb": get("memory_limit_mb"), "workers": get("workers"),
-            "max_bad_frac": get("max_bad_frac"), "augment": augment, "flip": get("flip")}
+def recorded_data_options(record: TrainConfig | dict[str, Any]) -> DataOptions:
+    """The data options a recipe (a config, or the config record of a checkpoint) sets, for loading its data
+    again: older records lack the newer keys (their defaults hold), ``data_seed`` is resolved to the split seed
+    and ``rescan_data`` is off (an action of one invocation, not part of the recipe)."""
+    d = record.to_dict() if isinstance(record, TrainConfig) else dict(record)
+    keys = {f.name for f in flat_fields(DataOptions)}
+    opts = DataOptions(**{k: v for k, v in d.items() if k in keys})
+    if isinstance(opts.augment, bool):
+        opts.augment = "auto" if opts.augment else "none"
+    return dataclasses.replace(opts, data_seed=opts.split_seed(d.get("seed", 0)), rescan_data=False)
 
 
 # ------------------------------------------------------------------------------------------ the data a run follows
@@ -285,5 +289,5 @@ def check_follows(record: dict[str, Any], data: DataSplits, where: str) -> list[
 
 def load_run_data(cfg: TrainConfig, in_channels: int, out_dir: Path, device) -> DataSplits:
     """The run's data: the recipe's source and pipeline, the file list cached in ``out_dir``."""
-    return load_data(cfg.data, in_channels=in_channels, pin_memory=getattr(device, "type", "") == "cuda",
-                     cache_dir=out_dir, rescan=cfg.rescan_data, **data_options(cfg))
+    return load_data(cfg.data_options, seed=cfg.seed, in_channels=in_channels,
+                     pin_memory=getattr(device, "type", "") == "cuda", cache_dir=out_dir)

@@ -251,7 +251,7 @@ def resumed_config(cfg: TrainConfig, payload: dict[str, Any], where: str) -> Tra
         raise ScalenasError(f"{where}: damaged checkpoint: field 'config' is not a mapping")
     base = cfg.to_dict()
     try:
-        merged = TrainConfig(**{**base, **{k: v for k, v in saved.items() if k in base}})
+        merged = TrainConfig.from_dict({**base, **{k: v for k, v in saved.items() if k in base}})
     except TypeError as exc:
         raise ScalenasError(f"{where}: damaged checkpoint: field 'config': {exc}") from None
     return validate(merged, f"{where}: saved config")

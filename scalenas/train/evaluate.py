@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from scalenas.spaces.arch import Subnet
-from scalenas.data.datasets import Split, iterate_eval, resize_batch
+from scalenas.data.batches import iterate_eval, resize_batch
+from scalenas.data.splits import Split
 
 
 class CalibrationBatches(list):

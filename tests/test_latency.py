@@ -41,6 +41,13 @@ def table_path(tmp_path_factory) -> Path:
     return path
 
 
+def lazy_copy(table_path: Path, tmp_path: Path) -> Path:
+    """A copy of the module's table for a test that measures on demand (appends): the original stays as built."""
+    copy = tmp_path / "lazy.csv"
+    copy.write_bytes(table_path.read_bytes())
+    return copy
+
+
 def one_line_error(capfd, needle: str) -> None:
     err = capfd.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err, err
@@ -72,10 +79,11 @@ def test_max_stage_adds_the_extrapolated_members_layers(digits):
 
 
 # ---------------------------------------------------------------------------------------------- build, resume
-def test_build_writes_fingerprint_and_predicts(table_path, digits, capsys):
+def test_build_writes_fingerprint_and_predicts(table_path, digits, capsys, tmp_path):
     meta, rows = read_rows(table_path)
     assert meta["space_key"] == digits.content_key and meta["runtime"] == "torch" and meta["threads"] == 1
     assert rows.layers and len(rows.networks) == 6 and not rows.torn
+    table_path = lazy_copy(table_path, tmp_path)
     table = LatencyTable.open(table_path, digits, lazy=True)
     sub = sample_subnet(digits, random.Random(3), stage=2)[1]
     ms = table.predict(sub)
@@ -189,7 +197,8 @@ def test_bad_latency_targets(text, needle):
         parse_latency(text)
 
 
-def test_latency_targets_double_and_unreachable_names_the_range(table_path, digits):
+def test_latency_targets_double_and_unreachable_names_the_range(table_path, digits, tmp_path):
+    table_path = lazy_copy(table_path, tmp_path)
     assert parse_latency("0.5s") == 500.0 and parse_latency("250us") == 0.25
     assert latency_stage_targets("8ms", 3, 2.0) == [1.0, 2.0, 4.0, 8.0]
     table = LatencyTable.open(table_path, digits, lazy=True)
@@ -199,7 +208,8 @@ def test_latency_targets_double_and_unreachable_names_the_range(table_path, digi
 
 # ---------------------------------------------------------------------------------------------- search
 @pytest.mark.filterwarnings("ignore:.*gave up:RuntimeWarning")
-def test_strategy_by_latency_alone_and_with_flops(table_path, digits):
+def test_strategy_by_latency_alone_and_with_flops(table_path, digits, tmp_path):
+    table_path = lazy_copy(table_path, tmp_path)
     from scalenas.spaces.arch import Subnet, sample_base
     from scalenas.spaces.flops import subnet_flops_params
 
@@ -223,3 +233,80 @@ def test_strategy_by_latency_alone_and_with_flops(table_path, digits):
         other.load_state_dict(st.state_dict())
     with pytest.raises(ScalenasError, match="FLOPs targets, latency targets or both"):
         make_strategy("random", digits, None, opts)
+
+
+# ---------------------------------------------------------------------------------------------- the CLI, end to end
+@pytest.fixture(scope="module")
+def random_supernet(tmp_path_factory) -> Path:
+    """A digits-tiny supernet checkpoint with random weights (the search only needs something to evaluate)."""
+    import torch
+    from conftest import randomize_bn
+
+    from scalenas.models.supernet import SuperNet
+    from scalenas.spaces.space import load_space
+    from scalenas.train.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    space = load_space("digits-tiny")
+    net = SuperNet(space)
+    randomize_bn(net)
+    path = tmp_path_factory.mktemp("supernet") / "checkpoint.pt"
+    save_checkpoint(path, {"space": space.name, "space_yaml": space.raw, "space_path": space.path,
+                           "model": net.state_dict()})
+    return path
+
+
+def search_args(ckpt: Path, out: Path, *extra) -> list:
+    return ["search", "--supernet", ckpt, "--out", out, "--workers", "0", "--generations", "1", "--population", "2",
+            "--elites", "1", "--calib-batches", "1", "--no-progress", *extra]
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ([], "give --target-flops, --target-latency or both"),
+    (["--target-latency", "4ms"], "--target-latency needs --latency-table"),
+    (["--target-latency", "4", "--latency-table", "t.csv"], "has no unit"),
+    (["--target-latency", "4 min", "--latency-table", "t.csv"], "unknown unit"),
+    (["--target-latency", "0ms", "--latency-table", "t.csv"], "must be positive"),
+    (["--target-latency=-2ms", "--latency-table", "t.csv"], "must be positive"),
+    (["--target-latency", "infms", "--latency-table", "t.csv"], "finite"),
+    (["--target-latency", "4ms", "--latency-table", "missing.csv"], "latency table not found"),
+])
+def test_search_bad_latency_input(random_supernet, tmp_path, capfd, extra, needle):
+    out = tmp_path / "s"
+    assert cli(search_args(random_supernet, out, *extra)) == 2
+    one_line_error(capfd, needle)
+    assert not out.exists()
+
+
+def test_search_names_a_layer_the_table_lacks(random_supernet, table_path, tmp_path, capfd):
+    out = tmp_path / "s"
+    assert cli(search_args(random_supernet, out, "--target-latency", "4ms", "--latency-table", table_path)) == 2
+    one_line_error(capfd, "no row for layer '")
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_search_extrapolate_report_by_latency(random_supernet, table_path, tmp_path, capsys):
+    """search --target-latency (lazy table) → family.csv with predicted latency → extrapolate by latency → report
+    --measure-latency. Doubling latency is out of reach in digits-tiny at batch 1 (a network's fixed cost
+    dominates), so the stages grow by 1.25."""
+    import pandas as pd
+
+    table = lazy_copy(table_path, tmp_path)
+    out = tmp_path / "s"
+    assert cli(search_args(random_supernet, out, "--target-latency", "4ms", "--growth", "1.25", "--latency-table",
+                           table, "--lazy-latency")) == 0
+    fam = pd.read_csv(out / "family.csv")
+    assert fam["target_latency_ms"].tolist() == pytest.approx([4 * 1.25 ** (s - 3) for s in range(4)])
+    assert fam["latency_ms"].gt(0).all() and fam["target_flops"].isna().all()
+    assert "latency_ms" in pd.read_csv(out / "pareto.csv").columns
+    assert cli(["extrapolate", "--run", out, "--steps", "1"]) == 0
+    fam = pd.read_csv(out / "family.csv")
+    last = fam[fam["kind"] == "extrapolated"].iloc[0]
+    assert last["target_latency_ms"] == pytest.approx(1.25 * fam[fam["stage"] == 3]["latency_ms"].iloc[0])
+    capsys.readouterr()
+    assert cli(["report", out, "--no-plots", "--format", "csv", "--measure-latency"]) == 0
+    import io
+
+    rep = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert list(rep.columns[4:6]) == ["latency_ms", "measured_ms"] and rep["measured_ms"].gt(0).all()

@@ -19,7 +19,6 @@ Writes ``results/grow_evidence.csv`` (one row per trained model) and ``results/g
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import time
@@ -28,8 +27,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # jobs/: jobkit
+import jobkit  # noqa: E402  (puts the checkout and jobs/ on sys.path)
+REPO = jobkit.REPO
 
 from scalenas.io import atomic_write_csv, atomic_write_text, seed_everything  # noqa: E402
 from scalenas.models.grow import grow  # noqa: E402
@@ -173,7 +173,7 @@ def summary(frame: pd.DataFrame, args, wall: float) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = jobkit.parser(__doc__)
     p.add_argument("--search", required=True, help="search folder with extrapolated members (family.csv)")
     p.add_argument("--steps", type=int, default=60, help="CNN E in steps (default 60)")
     p.add_argument("--batch", type=int, default=128)

@@ -14,7 +14,6 @@ Run from the repository root:  python jobs/bench/bench_data.py  [--root /tmp/sca
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -27,8 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # jobs/: jobkit
+import jobkit  # noqa: E402  (puts the checkout and jobs/ on sys.path)
+REPO = jobkit.REPO
 
 from scalenas.io import atomic_write_csv, atomic_write_text  # noqa: E402
 
@@ -183,7 +183,7 @@ def augment_rates(batch: int, reps: int) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = jobkit.parser(__doc__)
     ap.add_argument("--root", default="/tmp/scalenas-bench-data", help="where the JPEG trees are written")
     ap.add_argument("--sizes", type=int, nargs="+", default=[5000, 50000])
     ap.add_argument("--steps", type=int, default=100)

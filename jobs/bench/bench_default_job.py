@@ -7,7 +7,6 @@ Targets: <= 300 s on a 2-core CPU, panel mean >= 0.90, no member below 0.80.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -18,14 +17,14 @@ from pathlib import Path
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-from scalenas.io import atomic_write_csv  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # jobs/: jobkit
+import jobkit  # noqa: E402  (puts the checkout and jobs/ on sys.path)
+ROOT = jobkit.REPO
 from scalenas.runs import RunFolder  # noqa: E402
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = jobkit.parser(__doc__)
     ap.add_argument("--out", default="results/runs/bench-default-job", help="run directory to create")
     ap.add_argument("--from-run", default=None, help="record an existing run instead of training")
     ap.add_argument("--extra", nargs="*", default=[], help="extra flags for train-supernet (e.g. --threads 1)")
@@ -54,10 +53,7 @@ def main() -> int:
            "cpu_s": None if cpu_s is None else round(cpu_s, 1), "loadavg_at_start": round(load, 2),
            "panel_mean_holdout_top1": round(summary["panel_mean_holdout_top1"], 4),
            "panel_min_holdout_top1": round(summary["panel_min_holdout_top1"], 4)}
-    path = Path(args.csv)
-    frame = pd.read_csv(path) if path.is_file() else pd.DataFrame()
-    frame = pd.concat([frame, pd.DataFrame([row])], ignore_index=True)
-    atomic_write_csv(path, frame)
+    jobkit.append_row(args.csv, row)
     print(pd.DataFrame([row]).to_string(index=False))
     return 0
 

@@ -7,7 +7,6 @@ the stage.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
@@ -18,13 +17,13 @@ from pathlib import Path
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-from scalenas.io import atomic_write_csv  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # jobs/: jobkit
+import jobkit  # noqa: E402  (puts the checkout and jobs/ on sys.path)
+ROOT = jobkit.REPO
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = jobkit.parser(__doc__)
     ap.add_argument("--out", default="results/runs/bench-demo", help="demo run directory (replaced)")
     ap.add_argument("--csv", default=str(ROOT / "results/bench/demo.csv"))
     args = ap.parse_args()
@@ -43,9 +42,7 @@ def main() -> int:
     row = {"when": time.strftime("%Y-%m-%d %H:%M"), "job": "animals", "loadavg_at_start": round(load, 2),
            "wall_s": round(wall, 1),
            **{f"{k}_s": int(v) for k, v in phases.items()}}
-    path = Path(args.csv)
-    frame = pd.read_csv(path) if path.is_file() else pd.DataFrame()
-    atomic_write_csv(path, pd.concat([frame, pd.DataFrame([row])], ignore_index=True))
+    jobkit.append_row(args.csv, row)
     print(pd.DataFrame([row]).to_string(index=False))
     return 0
 

@@ -16,7 +16,6 @@ Targets: 2 workers vs 1 >= 1.6x, 1 worker vs in-process >= 0.85x. Ray runs local
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
@@ -25,9 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # jobs/: jobkit
+import jobkit  # noqa: E402  (puts the checkout and jobs/ on sys.path)
+REPO = jobkit.REPO
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per evaluator; set before torch is imported
 
@@ -63,7 +62,7 @@ def distinct_subnets(space, n: int, seed: int, exclude: set[str] = frozenset()) 
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = jobkit.parser(__doc__)
     ap.add_argument("--supernet", default=None, help="supernet checkpoint or run folder (default: latest run)")
     ap.add_argument("--items", type=int, default=24, help="distinct subnets per timed round (default 24)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each mode keeps its best")

@@ -11,7 +11,6 @@ cost of one subnet evaluation. Targets: 2 workers vs 1 >= 1.6x, 1 worker vs in-p
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib
 import json
@@ -20,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # jobs/: jobkit
+import jobkit  # noqa: E402  (puts the checkout and jobs/ on sys.path)
+REPO = jobkit.REPO
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
@@ -82,7 +81,7 @@ MODES = (("inprocess", 0), ("ray", 1), ("ray", 2))
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = jobkit.parser(__doc__)
     ap.add_argument("--items", type=int, default=60)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best round of each mode counts")
     ap.add_argument("--evaluator", default=None, help="module:callable, a zero-arg evaluator factory")

@@ -31,7 +31,6 @@ Writes the CSVs and the markdown summary atomically (``scalenas.io``).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -41,9 +40,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # jobs/: jobkit
+import jobkit  # noqa: E402  (puts the checkout and jobs/ on sys.path)
+REPO = jobkit.REPO
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # set before torch is imported
 
@@ -285,7 +284,7 @@ def markdown(frame: pd.DataFrame, args, targets: list[int], ckpt: Path, data: st
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = jobkit.parser(__doc__)
     ap.add_argument("--supernet", default=None, help="supernet checkpoint or run folder (default: latest run)")
     ap.add_argument("--budget", type=int, default=150, help="unique subnet evaluations per run (default 150)")
     ap.add_argument("--seeds", default="5", help="a count (seeds 0..N-1) or a comma list (default 5)")

@@ -21,16 +21,15 @@ slicing overhead far more reliably (the CSV records the thread count).
 """
 from __future__ import annotations
 
-import argparse
 import random
 import statistics
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # jobs/: jobkit
+import jobkit  # noqa: E402  (puts the checkout and jobs/ on sys.path)
+REPO = jobkit.REPO
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
@@ -123,7 +122,7 @@ def summary(rows: list[dict]) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = jobkit.parser(__doc__)
     ap.add_argument("--spaces", nargs="+", default=["digits-tiny", "scalenet-mbv3"])
     ap.add_argument("--subnets", type=int, default=10)
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions per subnet (median kept)")

@@ -17,7 +17,6 @@ atomically. Run directories go to a temporary folder and are deleted.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import sys
@@ -25,9 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # jobs/: jobkit
+import jobkit  # noqa: E402  (puts the checkout and jobs/ on sys.path)
+REPO = jobkit.REPO
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
@@ -130,7 +129,7 @@ def markdown(df: pd.DataFrame, args, started: str) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = jobkit.parser(__doc__)
     ap.add_argument("--steps", type=int, default=None, help="ablation budget per run (default: the job's steps)")
     ap.add_argument("--seeds", type=int, default=3, help="seeds per sampling mode (default 3)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")

@@ -42,8 +42,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # jobs/: jobkit
+import jobkit  # noqa: E402  (puts the checkout and jobs/ on sys.path)
+ROOT = jobkit.REPO
 from scalenas.runs import RunFolder, SearchFolder  # noqa: E402
 
 TARGETS = ("train-supernet", "search", "search-worker")
@@ -436,14 +437,7 @@ class Sweep:
 
     # -------------------------------------------------------------- output
     def write_csv(self) -> None:
-        path = Path(self.args.out_csv)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=COLUMNS)
-            w.writeheader()
-            w.writerows(self.rows)
-        os.replace(tmp, path)
+        jobkit.write_rows(self.args.out_csv, self.rows, COLUMNS)
 
     def write_md(self, command: str) -> Path:
         path = Path(self.args.out_csv).with_suffix(".md")
@@ -484,7 +478,7 @@ class Sweep:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = jobkit.parser(__doc__)
     ap.add_argument("--trials", type=int, default=None,
                     help="trials per target (default 10 for train-supernet and search, 3 for search-worker; "
                     "--smoke: 2)")

@@ -10,23 +10,22 @@ supernet top-1 and of supernet -loss against standalone holdout top-1. Writes re
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from scipy.stats import kendalltau
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # jobs/: jobkit
+import jobkit  # noqa: E402  (puts the checkout and jobs/ on sys.path)
+REPO = jobkit.REPO
 
 from scalenas.io import atomic_write_csv, atomic_write_text  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = jobkit.parser(__doc__)
     ap.add_argument("--supernet", required=True, help="checkpoint.pt of the supernet")
     ap.add_argument("--subnets", default=str(REPO / "results/bench/supernet_quality_subnets.csv"))
     ap.add_argument("--recipe", default="base", help="which recipe's rows of the subnets CSV")

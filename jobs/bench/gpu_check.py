@@ -53,9 +53,9 @@ import time
 import traceback
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # jobs/: jobkit
+import jobkit  # noqa: E402  (puts the checkout and jobs/ on sys.path)
+REPO = jobkit.REPO
 
 from scalenas.runs import RunFolder, SearchFolder  # noqa: E402
 
@@ -559,21 +559,7 @@ def run_child(args: argparse.Namespace) -> int:
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: r.get(k, "") for k in COLUMNS})
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    jobkit.write_rows(path, rows, COLUMNS)
 
 
 def stop_group(proc: subprocess.Popen) -> None:
@@ -626,7 +612,7 @@ def run_check(name: str, args: argparse.Namespace, work: Path, timeout: float) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = jobkit.parser(__doc__)
     ap.add_argument("--dry", action="store_true", help="CPU dry mode: same code path, tiny sizes (~1 min)")
     ap.add_argument("--full-dry", action="store_true", help="with --dry: also run the CPU stand-ins of train_fp16 "
                     "(fp32 on CPU) and ddp (2 gloo processes), ~35 s more")

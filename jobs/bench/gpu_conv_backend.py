@@ -27,10 +27,9 @@ import time
 import traceback
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-for _p in (REPO, Path(__file__).resolve().parent):  # the package, and gpu_check's log helpers beside this file
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # jobs/: jobkit
+import jobkit  # noqa: E402  (puts the checkout and jobs/ on sys.path)
+REPO = jobkit.REPO
 
 VARIANTS = ("cudnn", "no_cudnn", "contiguous")
 COLUMNS = ("job", "variant", "amp", "device", "status", "steps_done", "steady_steps_per_s", "images_per_s",
@@ -72,7 +71,7 @@ def summarise(work: Path, batch: int) -> tuple[int, float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="gpu_conv_backend.py", description=__doc__.split("\n")[0])
+    ap = jobkit.parser(__doc__, prog="gpu_conv_backend.py")
     ap.add_argument("--variants", default="cudnn,no_cudnn,contiguous")
     ap.add_argument("--amp", default="bf16,fp16")
     ap.add_argument("--job", default="digits")

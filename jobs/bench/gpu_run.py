@@ -53,10 +53,9 @@ import traceback
 from collections import Counter
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-for _p in (REPO, REPO / "jobs", Path(__file__).resolve().parent):  # the package, family_evidence, gpu_check
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # jobs/: jobkit
+import jobkit  # noqa: E402  (puts the checkout and jobs/ on sys.path)
+REPO = jobkit.REPO
 
 from scalenas.runs import SearchFolder  # noqa: E402
 from gpu_check import (device_name, error_line, finite, one_line, randomize_bn_, read_log, row,  # noqa: E402
@@ -135,12 +134,7 @@ class Recorder:
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
-    import pandas as pd
-
-    from scalenas.io import atomic_write_csv
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_csv(path, pd.DataFrame([{k: r.get(k, "") for k in COLUMNS} for r in rows], columns=list(COLUMNS)))
+    jobkit.write_rows(path, rows, COLUMNS)
 
 
 class Context:
@@ -870,7 +864,7 @@ def run_phase(phase: str, args: argparse.Namespace, work: Path, out_dir: Path, l
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(prog="gpu_run.sh", description=__doc__.splitlines()[0])
+    ap = jobkit.parser(__doc__, prog="gpu_run.sh")
     ap.add_argument("--budget", type=float, default=540.0, help="seconds for the whole run (default 540)")
     ap.add_argument("--dry", action="store_true", help="CPU, tiny sizes (< 60 s): the code path, not a measurement")
     ap.add_argument("--phases", default="a,b,c,d", help="comma list of phases to run (default a,b,c,d)")

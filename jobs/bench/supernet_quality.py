@@ -55,6 +55,7 @@ from scipy import stats
 
 from scalenas.errors import ScalenasError
 from scalenas.io import atomic_write_csv, atomic_write_json, atomic_write_text, make_dir
+from scalenas.options import flat_fields
 from scalenas.spaces.arch import Subnet, derive_subnet, extreme_subnets, sample_subnet
 from scalenas.spaces.flops import subnet_flops_params
 from scalenas.spaces.space import SearchSpace, load_space, resolve_space_path
@@ -149,7 +150,7 @@ def read_recipes_file(path: str) -> dict[str, dict[str, Any]]:
 def check_recipe(name: str, over: dict[str, Any], where: str) -> None:
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise ScalenasError(f"{where}: recipe name {name!r}: use letters, digits, '_', '-', '.'")
-    known = set(TrainConfig.__dataclass_fields__) | {SPACE_EDIT}
+    known = {f.name for f in flat_fields(TrainConfig)} | {SPACE_EDIT}
     for k, v in over.items():
         if k not in known:
             raise ScalenasError(f"{where}: {name}.{k}: unknown key (TrainConfig fields or {SPACE_EDIT})")

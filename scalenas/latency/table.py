@@ -501,10 +501,15 @@ class BuildSummary:
 
 
 def build_table(space: SearchSpace | str, out: str | os.PathLike, options: LatencyOptions | None = None, *,
-                progress: bool = True) -> BuildSummary:
-    """Time every layer configuration of ``space`` (or, with ``options.lazy``, the calibration networks' only) and
-    the calibration networks, appending rows to ``out``; an existing ``out`` of the same fingerprint and settings
-    is resumed, any other is refused. Every check runs before anything is written."""
+                progress: bool = True, extra_configs: Sequence[LayerConfig] = ()) -> BuildSummary:
+    """Time every layer configuration of ``space`` (or, with ``options.lazy``, the calibration networks' only),
+    ``extra_configs`` too, and the calibration networks, appending rows to ``out``; an existing ``out`` of the same
+    fingerprint and settings is resumed, any other is refused. Every check runs before anything is written.
+
+    Each pass times its layers and calibration networks in one random order, so the networks the overhead is
+    fitted to are timed at the same moments as the layers on average: on a machine whose speed drifts (other
+    work, shared caches and hyperthreads), timing all networks after all layers would fold the drift into the
+    overhead."""
     from tqdm.auto import tqdm
 
     options = options or LatencyOptions()
@@ -529,6 +534,7 @@ def build_table(space: SearchSpace | str, out: str | os.PathLike, options: Laten
                                 f"configurations (more than {MAX_EAGER} to time up front): use --lazy to time them "
                                 "on demand")
         scope = unique_configs([*everything, *scope])
+    scope = unique_configs([*scope, *extra_configs])
 
     if out.exists():
         old = read_header(out)
@@ -541,20 +547,18 @@ def build_table(space: SearchSpace | str, out: str | os.PathLike, options: Laten
     start = time.perf_counter()
     with _locked(out, rows) as fd:
         for p in range(options.passes):
-            todo = [c for c in scope if (c.key, p) not in rows.done]
+            todo: list[LayerConfig | Subnet] = [c for c in scope if (c.key, p) not in rows.done]
+            todo += [s for s in calib if (s.to_json(), p) not in rows.done]
             random.Random(options.seed * 1000 + p).shuffle(todo)  # a new order each pass (interleaving)
-            bar = tqdm(todo, desc=f"layers, pass {p + 1}/{options.passes}", disable=not progress or not todo,
-                       dynamic_ncols=True, leave=False)
-            for c in bar:
-                bar.set_postfix_str(c.key, refresh=False)
-                line = layer_row(c, p, time_layer(c, options, options.seed))
-                _append(fd, out, line)
-                _add_row(out, 0, next(csv.reader([line])), rows)
-                measured += 1
-            nets = [s for s in calib if (s.to_json(), p) not in rows.done]
-            for s in tqdm(nets, desc=f"calibration networks, pass {p + 1}/{options.passes}", leave=False,
-                          disable=not progress or not nets, dynamic_ncols=True):
-                line = network_row(s, p, time_network(space, s, options, seed=options.seed))
+            bar = tqdm(todo, desc=f"pass {p + 1}/{options.passes}", disable=not progress or not todo,
+                       dynamic_ncols=True, leave=False, unit="row")
+            for item in bar:
+                if isinstance(item, LayerConfig):
+                    bar.set_postfix_str(item.key, refresh=False)
+                    line = layer_row(item, p, time_layer(item, options, options.seed))
+                else:
+                    bar.set_postfix_str("calibration network", refresh=False)
+                    line = network_row(item, p, time_network(space, item, options, seed=options.seed))
                 _append(fd, out, line)
                 _add_row(out, 0, next(csv.reader([line])), rows)
                 measured += 1

@@ -228,7 +228,8 @@ def test_strategy_by_latency_alone_and_with_flops(table_path, digits, tmp_path):
         assert len(fam) == 4 and all({"target_latency_ms", "latency_ms"} <= set(r) for r in fam)
         assert all((r["target_flops"] is None) == (flops_targets is None) for r in fam)
         assert st.state_dict()["latency_targets"] == targets
-    other = make_strategy("random", digits, flops, opts, latency=LatencyTargets([2 * t for t in targets], table.predict))
+    doubled = LatencyTargets([2 * t for t in targets], table.predict)
+    other = make_strategy("random", digits, flops, opts, latency=doubled)
     with pytest.raises(ScalenasError, match="latency_targets"):
         other.load_state_dict(st.state_dict())
     with pytest.raises(ScalenasError, match="FLOPs targets, latency targets or both"):

@@ -53,8 +53,9 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     folder = find_search_dir(args.run)
-    print_extrapolation(folder, extrapolate_search(folder, args.steps, args.growth, args.tolerance, replace=args.replace,
-                                                     lazy_latency=args.lazy_latency))
+    doc = extrapolate_search(folder, args.steps, args.growth, args.tolerance, replace=args.replace,
+                             lazy_latency=args.lazy_latency)
+    print_extrapolation(folder, doc)
     return 0
 
 

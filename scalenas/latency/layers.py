@@ -60,16 +60,6 @@ class LayerConfig:
         se = f" se{self.se}" if self.se else ""
         return f"{self.kind} {self.cin}>{self.hidden}>{self.cout} k{self.kernel} s{self.stride} r{self.resolution}{se}"
 
-    @property
-    def residual(self) -> bool:
-        return self.kind == "block" and self.stride == 1 and self.cin == self.cout
-
-    def output_shape(self) -> tuple[int, ...]:
-        """(channels, height, width) of the output, or (classes,) for the head (batch left out)."""
-        if self.kind == "head":
-            return (self.cout,)
-        h = conv_out(self.resolution, self.kernel, self.stride)
-        return (self.cout, h, h)
 
 
 def network_layers(derived: Derived) -> list[LayerConfig]:
@@ -187,7 +177,8 @@ def extrapolation_points(space: SearchSpace, max_stage: int) -> list[tuple[float
     w_lo, r_lo = min(sc.width), min(sc.resolution)
     step = space.resolution_step
     r_top = int(min(limits["resolution"], space.max_resolution or math.inf))
-    resolutions = sorted({r for r in range(step * math.ceil(r_lo / step), r_top + 1, step) if cheapest(w_lo, r) <= bound}
+    grid = range(step * math.ceil(r_lo / step), r_top + 1, step)
+    resolutions = sorted({r for r in grid if cheapest(w_lo, r) <= bound}
                          | ({space.max_resolution} if space.max_resolution and space.max_resolution >= r_lo else set()))
     lo, hi = w_lo, limits["width"]  # bisect the largest width whose cheapest network at r_lo stays within the bound
     if cheapest(hi, r_lo) <= bound:

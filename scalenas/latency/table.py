@@ -33,7 +33,7 @@ import random
 import statistics
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -41,9 +41,9 @@ import numpy as np
 
 from scalenas.errors import ScalenasError
 from scalenas.io import atomic_write_text
-from scalenas.latency.layers import (KINDS, LayerConfig, check_max_stage, extrapolated_flops_bound, extrapolation_points,
-                                     layer_input, layer_module, network_layers, space_layer_configs, subnet_layers,
-                                     unique_configs)
+from scalenas.latency.layers import (KINDS, LayerConfig, check_max_stage, extrapolated_flops_bound,
+                                     extrapolation_points, layer_input, layer_module, network_layers,
+                                     space_layer_configs, subnet_layers, unique_configs)
 from scalenas.latency.timing import (CLOCKS, DEVICES, RUNTIMES, Timing, check_runtime, check_threads, fingerprint,
                                      measure, pinned_threads, prepare, resolve_clock)
 from scalenas.options import check_options, option
@@ -575,13 +575,3 @@ def _check_resumable(out: Path, old: dict[str, Any], new: dict[str, Any]) -> Non
     if diffs:
         raise ScalenasError(f"{out}: exists and was built with {'; '.join(diffs)}: resume it with the same "
                             "options on the same machine, choose another --out, or remove it")
-
-
-def table_summary(table: LatencyTable) -> dict[str, Any]:
-    """What a table holds, for printing."""
-    o = table.overhead
-    return {**{k: table.meta[k] for k in ("space", "device", "device_name", "runtime", "runtime_version", "batch",
-                                          "threads")},
-            "layers": len(table.rows.layers), "networks": len(table.rows.networks),
-            "overhead": dict(zip(OVERHEAD_FEATURES, o.coef)), "calibration_mape": o.mape,
-            "calibration_max_error": o.max_error, **asdict(options_from(table.meta))}

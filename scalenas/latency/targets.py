@@ -11,8 +11,8 @@ import re
 from scalenas.errors import ScalenasError
 
 UNITS_MS = {"s": 1e3, "ms": 1.0, "us": 1e-3}
-_LATENCY_RE = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?|[+-]?(?:inf(?:inity)?|nan))\s*([a-zµ]*)\s*$",
-                         re.IGNORECASE)
+_NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?|[+-]?(?:inf(?:inity)?|nan)"
+_LATENCY_RE = re.compile(rf"^\s*({_NUMBER})\s*([a-zµ]*)\s*$", re.IGNORECASE)
 
 
 def parse_latency(text: str) -> float:

@@ -9,7 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from scalenas.data.datasets import BatchIterator, DataSplits, Split, iterate_eval, load_data, resize_batch
+from scalenas.data.batches import BatchIterator, iterate_eval, resize_batch
+from scalenas.data.datasets import load_data
+from scalenas.data.splits import DataSplits, Split
 from scalenas.errors import ScalenasError
 
 

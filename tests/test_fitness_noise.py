@@ -17,7 +17,7 @@ import torch
 from conftest import cli_code
 
 from scalenas.cli.main import main
-from scalenas.data.datasets import Split
+from scalenas.data.splits import Split
 from scalenas.errors import ScalenasError
 from scalenas.report.search_report import LOG_COLUMNS, pareto_mask
 from scalenas.search.fitness import bootstrap_se, calibration_noise, split_metrics

@@ -271,7 +271,7 @@ def _supernet_step(space_name: str, data_name: str | None, overrides: dict, dev:
     batch source: the dataset's own batches and device pipeline, or (``data_name`` None) one synthetic batch."""
     import torch
 
-    from scalenas.data.datasets import BatchIterator
+    from scalenas.data.batches import BatchIterator
     from scalenas.models.supernet import SuperNet
     from scalenas.spaces.space import load_space
     from scalenas.train.config import load_job, load_run_data
@@ -444,7 +444,7 @@ def _static_step(ctx: Context, space_name: str, data: str | None, overrides: dic
     """The static baseline: a fixed subnet of ``stage`` as a standalone model, in the standalone step."""
     import torch
 
-    from scalenas.data.datasets import BatchIterator
+    from scalenas.data.batches import BatchIterator
     from scalenas.models.standalone import StandaloneNet
     from scalenas.spaces.arch import sample_subnet
     from scalenas.spaces.space import load_space

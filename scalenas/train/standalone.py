@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scalenas.data.augment import DevicePipeline, train_view
-from scalenas.data.datasets import BatchIterator, derived_seed
+from scalenas.data.batches import BatchIterator, derived_seed
 from scalenas.errors import ScalenasError
 from scalenas.io import (atomic_torch_save, atomic_write_json, atomic_write_text, folder_lock, make_dir,
                          remove_stale_temps, safe_torch_load, seed_everything)

@@ -29,7 +29,8 @@ from scalenas.spaces.arch import Subnet, extreme_subnets, sample_base, sample_su
 from scalenas.spaces.flops import subnet_flops_params
 from scalenas.spaces.space import SearchSpace, load_space, space_from_dict
 from scalenas.data.augment import DevicePipeline, train_view
-from scalenas.data.datasets import BatchIterator, DataSplits, derived_seed
+from scalenas.data.batches import BatchIterator, derived_seed
+from scalenas.data.splits import DataSplits
 from scalenas.train.checkpoint import CKPT_NAME, checkpoint_space, read_checkpoint, save_checkpoint
 from scalenas.train.config import TrainConfig, data_record, dump_config, load_run_data
 from scalenas.train.evaluate import calibration_batches, soft_cross_entropy, subnet_top1

@@ -31,7 +31,6 @@ target is missed (speed-corrected, all networks).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -42,9 +41,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # jobs/: jobkit
+import jobkit  # noqa: E402  (puts the checkout and jobs/ on sys.path)
+REPO = jobkit.REPO
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -123,7 +122,7 @@ def metrics(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = jobkit.parser(__doc__)
     ap.add_argument("--space", default="digits-tiny")
     ap.add_argument("--runtimes", default="torch,onnxruntime")
     ap.add_argument("--networks", type=int, default=60, help="random subnets over stages 0..S (default 60)")

@@ -11,9 +11,16 @@ from scalenas.options import check_value, describe, flat_fields, range_text, typ
 _TYPES = {"int": int, "float": float, "str": str}
 
 
+def _flags(name: str, flag_names: dict[str, str | tuple[str, ...]] | None) -> tuple[str, ...]:
+    """The flag(s) of field ``name``: ``flag_names[name]`` (one flag, or a tuple: the first is its name in messages,
+    the rest aliases), else ``--some-key``."""
+    flag = (flag_names or {}).get(name) or "--" + name.replace("_", "-")
+    return (flag,) if isinstance(flag, str) else tuple(flag)
+
+
 def add_option_flags(parser: argparse.ArgumentParser, cls: type, names: Iterable[str], *,
                      show_defaults: bool = True, help_overrides: dict[str, str] | None = None,
-                     flag_names: dict[str, str] | None = None, defaults: Any = None,
+                     flag_names: dict[str, str | tuple[str, ...]] | None = None, defaults: Any = None,
                      defaults_name: str = "") -> list[str]:
     """Add ``--some-key`` for each field ``some_key`` of ``cls``; returns the field names added.
 
@@ -26,7 +33,7 @@ def add_option_flags(parser: argparse.ArgumentParser, cls: type, names: Iterable
     for name in names:
         f = fields[name]
         meta = f.metadata
-        flag = (flag_names or {}).get(name) or "--" + name.replace("_", "-")
+        flags = _flags(name, flag_names)
         text = (help_overrides or {}).get(name) or (describe(f, defaults, defaults_name) if show_defaults
                                                      else meta.get("help", ""))
         kind = type_name(f)
@@ -40,20 +47,20 @@ def add_option_flags(parser: argparse.ArgumentParser, cls: type, names: Iterable
             kwargs["metavar"] = name.upper() if not meta.get("choices") else None
             if kwargs["metavar"] is None:
                 del kwargs["metavar"]
-        parser.add_argument(flag, **kwargs)
+        parser.add_argument(*flags, **kwargs)
         added.append(name)
     return added
 
 
 def given(args: argparse.Namespace, names: Iterable[str], cls: type | None = None,
-          flag_names: dict[str, str] | None = None) -> dict[str, Any]:
+          flag_names: dict[str, str | tuple[str, ...]] | None = None) -> dict[str, Any]:
     """The values of the flags in ``names`` that were given on the command line; with ``cls``, each one is
     validated against its field (type, finiteness, choices, range) with the flag named in the message."""
     out = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     if cls is not None:
         fields = {f.name: f for f in flat_fields(cls)}
         for k, v in out.items():
-            check_value(fields[k], v, "command line", (flag_names or {}).get(k) or "--" + k.replace("_", "-"))
+            check_value(fields[k], v, "command line", _flags(k, flag_names)[0])
     return out
 
 

@@ -16,6 +16,8 @@ SEARCH_FLAGS = ("population", "generations", "elites", "matrix_lr", "smoothing",
                 "depth_mutation", "op_mutation", "tolerance", "budget", "seed", "max_tries",
                 "alternate_base_generations", "metric", "tie_tolerance", "tie_break")
 EVAL_FLAGS = ("workers", "threads_per_worker", "ray_address", "calib_batches", "device")
+# the band around each stage's target, FLOPs and latency alike: --tolerance is the same flag
+TOLERANCE_FLAGS = {"tolerance": ("--flops-tolerance", "--tolerance")}
 
 
 def add_parser(sub) -> None:
@@ -48,7 +50,7 @@ def add_parser(sub) -> None:
                    help="number of scaling stages S, 1..the space's (default: the space's)")
     p.add_argument("--growth", type=number("--growth", float, min=1.0, min_open=True), default=None,
                    help="FLOPs ratio between stages, > 1 (default: the space's)")
-    add_option_flags(p, SearchOptions, SEARCH_FLAGS, flag_names={"tolerance": "--flops-tolerance"})
+    add_option_flags(p, SearchOptions, SEARCH_FLAGS, flag_names=TOLERANCE_FLAGS)
     p.add_argument("--stage-weights", default=None, type=stage_weights_arg,
                    help="fitness weights of stages 0..S, comma separated, finite and >= 0 (default 0,1,...,1)")
     add_option_flags(p, EvaluationSettings, EVAL_FLAGS)
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from scalenas.report.search_report import write_reports
     from scalenas.search.job import resolve_inputs, search_supernet
 
-    options = given(args, SEARCH_FLAGS, SearchOptions, {"tolerance": "--flops-tolerance"})
+    options = given(args, SEARCH_FLAGS, SearchOptions, TOLERANCE_FLAGS)
     if args.stage_weights:
         options["stage_weights"] = args.stage_weights
     options = check_options(SearchOptions(**options), "search option")

@@ -73,8 +73,8 @@ class SearchOptions:
                                    max=1.0)
     depth_mutation: float = option(0.2, "per searchable stage: probability of depth +-1", min=0.0, max=1.0)
     op_mutation: float = option(0.1, "per layer: probability of resampling its op", min=0.0, max=1.0)
-    tolerance: float = option(0.1, "relative FLOPs tolerance around each stage's target", min=0.0, max=1.0,
-                              min_open=True, max_open=True)
+    tolerance: float = option(0.1, "relative tolerance around each stage's target (FLOPs, and latency when "
+                              "searching by latency)", min=0.0, max=1.0, min_open=True, max_open=True)
     stage_weights: list[float] | None = option(None, "fitness weights of stages 0..S (None: 0 for s=0, 1 "
                                                "otherwise)", flag=False)
     seed: int = option(0, "search seed (python RNG of the strategy)")

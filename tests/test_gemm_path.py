@@ -121,8 +121,9 @@ def test_gemm_path_equals_conv_path(name, layout):
 
 
 def _block_pass(net: SuperNet, blk, spec, sl, x: torch.Tensor, up: torch.Tensor, gemm: bool):
-    """One block of a path on its own: output, input gradient, weight gradients, masks (upstream gradient ``up``)."""
-    net.zero_grad(set_to_none=True)
+    """One block of a path on its own: output, input gradient, weight gradients, masks (upstream gradient ``up``).
+    Only the block's gradients are cleared and compared (clearing all 318 M parameters per block cost 10 %)."""
+    blk.zero_grad(set_to_none=True)
     net.record = []
     xg = x.clone().requires_grad_()
     out = blk(xg, spec, sl, net, gemm)

@@ -50,10 +50,9 @@ import pandas as pd  # noqa: E402
 from scipy.stats import kendalltau  # noqa: E402
 
 from scalenas.io import atomic_write_csv, atomic_write_text  # noqa: E402
-from scalenas.latency.layers import layer_input, subnet_layers  # noqa: E402
-from scalenas.latency.table import LatencyOptions, LatencyTable, build_table  # noqa: E402
-from scalenas.latency.timing import (device_name, measure, pinned_threads, prepare, resolve_clock,  # noqa: E402
-                                     runtime_version)
+from scalenas.latency.layers import subnet_layers  # noqa: E402
+from scalenas.latency.table import LatencyOptions, LatencyTable, build_table, time_networks  # noqa: E402
+from scalenas.latency.timing import (device_name, runtime_version)
 from scalenas.spaces.arch import derive_subnet, parse_subnet, sample_base, sample_scaling, sample_subnet  # noqa: E402
 from scalenas.spaces.flops import subnet_flops_params  # noqa: E402
 from scalenas.spaces.space import load_space  # noqa: E402
@@ -84,34 +83,6 @@ def test_networks(space, n: int, families: int, steps: int, seed: int) -> list[t
         for m in extrapolate(space, base, chain, steps):
             out.append(("extrapolated", m["stage"], parse_subnet(json.loads(m["arch"]), space, allow_outside=True)))
     return out
-
-
-def time_networks(space, nets, options: LatencyOptions, rounds: int, seed: int):
-    """Median over interleaved rounds of each network's median latency (table clock) and wall-clock median."""
-    from scalenas.models.standalone import StandaloneNet
-
-    clock = resolve_clock(options.clock, options.device, options.threads)
-    runners = []
-    with pinned_threads(options.threads):
-        for _, _, sub in nets:
-            model = StandaloneNet(derive_subnet(space, sub)).eval()
-            x = layer_input(subnet_layers(space, sub)[0], options.batch, options.seed)
-            runners.append(prepare(model, x, options.runtime, options.device, options.threads))
-        ms = [[] for _ in nets]
-        wall = [[] for _ in nets]
-        spread = [[] for _ in nets]
-        rng = random.Random(seed)
-        for r in range(rounds):
-            order = list(range(len(nets)))
-            rng.shuffle(order)
-            for i in order:
-                t = measure(runners[i], options.warmup, options.repeats, options.min_time, clock)
-                ms[i].append(t.ms)
-                wall[i].append(t.wall_ms)
-                spread[i].append(t.spread)
-            print(f"  round {r + 1}/{rounds} timed", flush=True)
-    return ([statistics.median(v) for v in ms], [statistics.median(v) for v in wall],
-            [statistics.median(v) for v in spread])
 
 
 def metrics(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
@@ -170,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
                     for a, v in table.rows.networks.items()]
             t0 = time.time()
             timed = nets + [("reference", -1, s) for s, _ in refs]  # the table's calibration networks, again
-            meas, wall, spread = time_networks(space, timed, opts, args.rounds, args.seed)
+            timings = time_networks(space, [sub for _, _, sub in timed], opts, args.rounds, args.seed,
+                                    progress=lambda r, n: print(f"  round {r}/{n} timed", flush=True))
+            meas, wall, spread = ([getattr(t, k) for t in timings] for k in ("ms", "wall_ms", "spread"))
             time_s = time.time() - t0
             speed = float(np.median([m / ms for m, (_, ms) in zip(meas[len(nets):], refs)]))
             meas = np.array(meas[:len(nets)])

@@ -34,8 +34,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import random
-import statistics
 import subprocess
 import sys
 import time
@@ -93,37 +91,17 @@ def family(folder: Path, table, space, name: str) -> list[dict]:
 
 
 def time_members(space, rows: list[dict], rounds: int, repeats: int, min_time: float, seed: int) -> None:
-    """``measured_ms`` (median over rounds of each round's median, the thread's CPU time) and ``wall_ms`` of every
-    row's network: ONNX graph in onnxruntime, CPU, batch 1, one thread, rounds interleaved in random orders."""
-    from scalenas.latency.layers import layer_input, subnet_layers
-    from scalenas.latency.timing import measure, onnx_bytes, pinned_threads, prepare, resolve_clock
-    from scalenas.models.standalone import StandaloneNet
-    from scalenas.spaces.arch import derive_subnet
+    """``measured_ms`` (median over rounds of each round's median, the thread's CPU time), ``wall_ms`` and
+    ``spread`` of every row's network: its ONNX graph in onnxruntime, CPU, batch 1, one thread, rounds interleaved
+    in random orders (``scalenas.latency.table.time_networks``)."""
+    from scalenas.latency.table import LatencyOptions, time_networks
 
-    clock = resolve_clock("auto", "cpu", 1)
-    with pinned_threads(1):
-        runners = []
-        for r in rows:
-            model = StandaloneNet(derive_subnet(space, r["_subnet"])).eval()
-            x = layer_input(subnet_layers(space, r["_subnet"])[0], 1, 0)
-            runners.append(prepare(model, x, "onnxruntime", "cpu", 1, onnx_model=onnx_bytes(model, x)))
-        ms = [[] for _ in rows]
-        wall = [[] for _ in rows]
-        spread = [[] for _ in rows]
-        rng = random.Random(seed)
-        for k in range(rounds):
-            order = list(range(len(rows)))
-            rng.shuffle(order)
-            for i in order:
-                t = measure(runners[i], 10, repeats, min_time, clock)
-                ms[i].append(t.ms)
-                wall[i].append(t.wall_ms)
-                spread[i].append(t.spread)
-            print(f"  timing round {k + 1}/{rounds} done", flush=True)
-    for i, r in enumerate(rows):
-        r["measured_ms"] = statistics.median(ms[i])
-        r["wall_ms"] = statistics.median(wall[i])
-        r["spread"] = statistics.median(spread[i])
+    options = LatencyOptions(runtime="onnxruntime", device="cpu", batch=1, threads=1, clock="auto", warmup=10,
+                             repeats=repeats, min_time=min_time)
+    timings = time_networks(space, [r["_subnet"] for r in rows], options, rounds, seed,
+                            progress=lambda k, n: print(f"  timing round {k}/{n} done", flush=True))
+    for r, t in zip(rows, timings):
+        r["measured_ms"], r["wall_ms"], r["spread"] = t.ms, t.wall_ms, t.spread
 
 
 def compare(rows: list[dict], a: str, b: str) -> list[dict]:

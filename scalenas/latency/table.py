@@ -268,18 +268,38 @@ def time_layer(config: LayerConfig, options: LatencyOptions, seed: int = 0) -> T
                        resolve_clock(options.clock, options.device, options.threads))
 
 
-def time_network(space: SearchSpace, subnet: Subnet, options: LatencyOptions, onnx_model: bytes | str | None = None,
-                 seed: int = 0) -> Timing:
-    """Time the exported model of ``subnet`` whole (``onnx_model``: an ONNX file to run instead of exporting)."""
+def time_networks(space: SearchSpace, subnets: Sequence[Subnet], options: LatencyOptions, rounds: int = 1,
+                  seed: int = 0, progress: Callable[[int, int], Any] | None = None) -> list[Timing]:
+    """Time each network's exported model whole, ``rounds`` times, every round in a new random order (seed
+    ``seed``): a burst of load from another process hits one round of some networks, not every round of one.
+    Per network: the medians over rounds of ``ms``, ``wall_ms`` and ``spread`` (``calls`` summed). Inputs are
+    seeded with ``options.seed``; ``progress(round, rounds)`` after each round."""
     from scalenas.models.standalone import StandaloneNet
 
-    derived = derive_subnet(space, subnet)
-    first = network_layers(derived)[0]
+    clock = resolve_clock(options.clock, options.device, options.threads)
     with pinned_threads(options.threads):
-        run = prepare(StandaloneNet(derived).eval(), layer_input(first, options.batch, seed), options.runtime,
-                      options.device, options.threads, onnx_model=onnx_model)
-        return measure(run, options.warmup, options.repeats, options.min_time,
-                       resolve_clock(options.clock, options.device, options.threads))
+        runs = []
+        for subnet in subnets:
+            derived = derive_subnet(space, subnet)
+            x = layer_input(network_layers(derived)[0], options.batch, options.seed)
+            runs.append(prepare(StandaloneNet(derived).eval(), x, options.runtime, options.device, options.threads))
+        timings: list[list[Timing]] = [[] for _ in runs]
+        rng = random.Random(seed)
+        for r in range(rounds):
+            order = list(range(len(runs)))
+            rng.shuffle(order)
+            for i in order:
+                timings[i].append(measure(runs[i], options.warmup, options.repeats, options.min_time, clock))
+            if progress is not None:
+                progress(r + 1, rounds)
+    return [Timing(ms=statistics.median(t.ms for t in ts), calls=sum(t.calls for t in ts),
+                   spread=statistics.median(t.spread for t in ts), wall_ms=statistics.median(t.wall_ms for t in ts))
+            for ts in timings]
+
+
+def time_network(space: SearchSpace, subnet: Subnet, options: LatencyOptions) -> Timing:
+    """Time the exported model of ``subnet`` whole, once (:func:`time_networks` of one network)."""
+    return time_networks(space, [subnet], options)[0]
 
 
 def calibration_subnets(space: SearchSpace, n: int, seed: int, max_stage: int | None = None) -> list[Subnet]:
@@ -558,7 +578,7 @@ def build_table(space: SearchSpace | str, out: str | os.PathLike, options: Laten
                     line = layer_row(item, p, time_layer(item, options, options.seed))
                 else:
                     bar.set_postfix_str("calibration network", refresh=False)
-                    line = network_row(item, p, time_network(space, item, options, seed=options.seed))
+                    line = network_row(item, p, time_network(space, item, options))
                 _append(fd, out, line)
                 _add_row(out, 0, next(csv.reader([line])), rows)
                 measured += 1

@@ -233,18 +233,14 @@ class SearchFolder:
 
     def data_record(self) -> dict[str, Any] | None:
         """The data the search's supernet trained on: the folder's own copy, else its run's record."""
-        path = self.path / self.DATA
-        if path.is_file():
-            return check_data_record(_read_json(path, "data record"), str(path))
+        own = RunFolder(self.path).data_record()  # the same file name and format as a run's
+        if own is not None:
+            return own
         run = self.run_dir()
-        if run is not None and (run / RunFolder.DATA).is_file():
-            return RunFolder(run).data_record()
-        return None
+        return RunFolder(run).data_record() if run is not None else None
 
     def write_data_record(self, record: dict[str, Any]) -> Path:
-        from scalenas.io import atomic_write_json
-
-        return atomic_write_json(self.path / self.DATA, check_data_record(record, str(self.path / self.DATA)))
+        return RunFolder(self.path).write_data_record(record)
 
     @property
     def space_file(self) -> Path:

@@ -445,16 +445,21 @@ def train_or_reuse(cfg: TrainConfig, arch: str | None, init: str | None, out_dir
     ``trained``. The cache every evidence script and ``train --family`` share; an interruption (signal) raises
     :class:`KeyboardInterrupt` after the checkpoint is saved, so rerunning resumes."""
     out = Path(out_dir)
-    if (out / RESULT_NAME).is_file():
+    result = out / RESULT_NAME
+
+    def reused() -> tuple[dict[str, Any], str]:
         try:
-            return json.loads((out / RESULT_NAME).read_text()), "reused"
+            return json.loads(result.read_text()), "reused"
         except (OSError, ValueError):
-            raise ScalenasError(f"{out / RESULT_NAME}: unreadable; remove the run folder to train it again") from None
+            raise ScalenasError(f"{result}: unreadable; remove the run folder to train it again") from None
+
+    if result.is_file():
+        return reused()
     resume = (out / TRAIN_CKPT_NAME).is_file()
     summary = train_standalone(cfg, None if resume else arch, None if resume else init, out_dir=out, resume=resume,
                                progress=progress, space=space, follow=follow)
     if summary.get("already_finished"):
-        return json.loads((out / RESULT_NAME).read_text()), "reused"
+        return reused()
     if not summary["finished"]:
         raise KeyboardInterrupt
     return summary["result"], "resumed" if resume else "trained"
